@@ -1,0 +1,37 @@
+"""shareddb: one shared database layer in plain SQL, on SQLite or PostgreSQL + pgvector."""
+
+from ._config import DbConfig, load_config
+from ._migrate import AppliedMigration, MigrationInfo, MigrationReport
+from ._service import DbService
+from ._shared import close_shared_dbs, get_shared_db
+from .errors import (
+    ChecksumMismatchError,
+    ConfigError,
+    DatabaseUnavailableError,
+    DimensionMismatchError,
+    ExtensionMissingError,
+    InvalidEmbeddingError,
+    MigrationError,
+    MigrationLockTimeout,
+    ShareddbError,
+)
+
+__all__ = [
+    "AppliedMigration",
+    "ChecksumMismatchError",
+    "ConfigError",
+    "DatabaseUnavailableError",
+    "DbConfig",
+    "DbService",
+    "DimensionMismatchError",
+    "ExtensionMissingError",
+    "InvalidEmbeddingError",
+    "MigrationError",
+    "MigrationInfo",
+    "MigrationLockTimeout",
+    "MigrationReport",
+    "ShareddbError",
+    "close_shared_dbs",
+    "get_shared_db",
+    "load_config",
+]

@@ -1,0 +1,174 @@
+"""Applying migrations on PostgreSQL under a session advisory lock.
+
+The lock is taken on a dedicated autocommit connection outside the pool, and
+waited for by polling `pg_try_advisory_lock`: a blocked `pg_advisory_lock` call
+is an open statement, which `CREATE INDEX CONCURRENTLY` would wait for forever.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+
+import psycopg
+
+from ._migrate import (
+    AppliedMigration,
+    LedgerRow,
+    MigrationFile,
+    split_statements,
+    statement_error,
+    verify,
+)
+from ._pg import PgConnection, connect, ensure_pgvector
+from ._sqlsplit import Statement
+from ._url import DbTarget
+from .errors import MigrationLockTimeout
+
+logger = logging.getLogger("shareddb.migrate")
+
+# int.from_bytes(b"shareddb"): one cluster-wide key per database for the runner.
+LOCK_KEY = 0x7368617265646462
+
+CREATE_LEDGER = """\
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    namespace text NOT NULL,
+    version integer NOT NULL,
+    name text NOT NULL,
+    checksum text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    execution_ms double precision NOT NULL,
+    PRIMARY KEY (namespace, version)
+)"""
+READ_LEDGER = (
+    "SELECT namespace, version, name, checksum, applied_at, execution_ms "
+    "FROM schema_migrations ORDER BY namespace, version"
+)
+# The up-to-date check: the ledger and pgvector's version in one round trip.
+READ_LEDGER_AND_PGVECTOR = (
+    "SELECT namespace, version, name, checksum, applied_at, execution_ms, "
+    "(SELECT extversion FROM pg_extension WHERE extname = 'vector') "
+    "FROM schema_migrations ORDER BY namespace, version"
+)
+INSERT_LEDGER = (
+    "INSERT INTO schema_migrations (namespace, version, name, checksum, execution_ms) "
+    "VALUES (%s, %s, %s, %s, %s)"
+)
+TRY_LOCK = "SELECT pg_try_advisory_lock(%s)"
+UNLOCK = "SELECT pg_advisory_unlock(%s)"
+LOCK_HOLDER = """\
+SELECT a.pid, a.application_name, a.client_addr::text, a.backend_start
+FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+WHERE l.locktype = 'advisory' AND l.granted AND l.database = (
+    SELECT oid FROM pg_database WHERE datname = current_database())
+  AND l.classid = %s AND l.objid = %s AND l.objsubid = 1"""
+
+
+def read_ledger(conn: PgConnection) -> list[LedgerRow]:
+    return [LedgerRow(*row) for row in conn.execute(READ_LEDGER)]
+
+
+def read_ledger_fast(conn: PgConnection) -> tuple[list[LedgerRow], str | None] | None:
+    """Ledger rows and the pgvector version, or None when there is no ledger yet."""
+    try:
+        rows = conn.execute(READ_LEDGER_AND_PGVECTOR).fetchall()
+    except psycopg.errors.UndefinedTable:
+        return None
+    version = rows[0][6] if rows else None
+    return [LedgerRow(*row[:6]) for row in rows], version
+
+
+def migrate(
+    target: DbTarget,
+    files: Sequence[MigrationFile],
+    *,
+    timeout: float,
+    lock_timeout: float,
+) -> tuple[list[AppliedMigration], str]:
+    """Lock, verify, ensure pgvector, apply pending files; returns them and pgvector's version."""
+    with connect(target, timeout, autocommit=True) as conn:
+        _lock(conn, target, lock_timeout)
+        try:
+            conn.execute(CREATE_LEDGER)
+            pending = verify(files, read_ledger(conn))
+            pgvector = ensure_pgvector(conn, target)
+            return [_apply(conn, m) for m in pending], pgvector
+        finally:
+            if not conn.broken:
+                conn.execute(UNLOCK, (LOCK_KEY,))
+
+
+def _lock(conn: PgConnection, target: DbTarget, lock_timeout: float) -> None:
+    deadline = time.monotonic() + lock_timeout
+    delay = 0.05
+    while not _try_lock(conn):
+        if time.monotonic() >= deadline:
+            raise MigrationLockTimeout(_lock_timeout_message(conn, target, lock_timeout))
+        time.sleep(delay)
+        delay = min(delay * 2, 1.0)
+
+
+def _try_lock(conn: PgConnection) -> bool:
+    row = conn.execute(TRY_LOCK, (LOCK_KEY,)).fetchone()
+    return bool(row and row[0])
+
+
+def _lock_timeout_message(conn: PgConnection, target: DbTarget, lock_timeout: float) -> str:
+    holder = conn.execute(LOCK_HOLDER, (LOCK_KEY >> 32, LOCK_KEY & 0xFFFFFFFF)).fetchone()
+    who = "another session"
+    if holder is not None:
+        pid, app, addr, since = holder
+        who = (
+            f"pid {pid} ({app or 'no application_name'}, from {addr or 'local socket'}, "
+            f"connected {since:%Y-%m-%d %H:%M:%S})"
+        )
+    return (
+        f"couldn't take the migration lock on {target.masked} after {lock_timeout:.2f} sec: "
+        f"held by {who}; wait for that migration to finish, or if it is stuck, end it "
+        "with SELECT pg_terminate_backend(<pid>) and run initialize() again"
+    )
+
+
+def _apply(conn: PgConnection, migration: MigrationFile) -> AppliedMigration:
+    statements = split_statements(migration, "postgres")
+    started = time.perf_counter()
+    if migration.transactional:
+        note = "nothing of this file was applied and schema_migrations is unchanged"
+        with conn.transaction():
+            for stmt in statements:
+                _execute(conn, migration, stmt, note)
+            elapsed = (time.perf_counter() - started) * 1000
+            _record(conn, migration, elapsed)
+    else:
+        note = (
+            "earlier statements of this no-transaction file stay applied and the file is "
+            "not recorded; make it idempotent (IF NOT EXISTS) and run initialize() again"
+        )
+        for stmt in statements:
+            _execute(conn, migration, stmt, note)
+        elapsed = (time.perf_counter() - started) * 1000
+        _record(conn, migration, elapsed)
+    logger.info("applied migration %s in %.1f ms", migration.label, elapsed)
+    return AppliedMigration(migration.namespace, migration.version, migration.filename, elapsed)
+
+
+def _execute(conn: PgConnection, migration: MigrationFile, stmt: Statement, note: str) -> None:
+    try:
+        # Migration files are trusted SQL from disk; bytes keep psycopg from parsing %.
+        conn.execute(stmt.text.encode())
+    except psycopg.Error as e:
+        raise statement_error(migration, stmt, e, e.sqlstate, note) from e
+
+
+def _record(conn: PgConnection, migration: MigrationFile, elapsed_ms: float) -> None:
+    conn.execute(
+        INSERT_LEDGER,
+        (
+            migration.namespace,
+            migration.version,
+            migration.filename,
+            migration.checksum,
+            elapsed_ms,
+        ),
+    )

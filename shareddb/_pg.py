@@ -1,0 +1,112 @@
+"""PostgreSQL plumbing: connections, the pool's configure hook, pgvector checks."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import psycopg
+from pgvector.psycopg import register_vector
+
+from ._url import DbTarget
+from .errors import DatabaseUnavailableError, ExtensionMissingError
+
+logger = logging.getLogger("shareddb")
+
+APPLICATION_NAME = "shareddb"
+MIN_PGVECTOR = (0, 5, 0)
+ITERATIVE_SCAN_PGVECTOR = (0, 8, 0)
+
+PgConnection = psycopg.Connection[tuple[Any, ...]]
+
+
+def connect_kwargs(target: DbTarget, timeout: float) -> dict[str, Any]:
+    """Keyword arguments for every connection: a connect timeout and our application_name."""
+    params = psycopg.conninfo.conninfo_to_dict(target.conninfo)
+    kwargs: dict[str, Any] = {"connect_timeout": max(2, round(timeout))}
+    if "application_name" not in params:
+        kwargs["application_name"] = APPLICATION_NAME
+    return kwargs
+
+
+def connect(target: DbTarget, timeout: float, *, autocommit: bool = False) -> PgConnection:
+    """A connection outside the pool, with the failure reported as DatabaseUnavailableError."""
+    try:
+        return psycopg.connect(
+            target.conninfo, autocommit=autocommit, **connect_kwargs(target, timeout)
+        )
+    except psycopg.OperationalError as e:
+        raise unavailable(target, e) from None
+
+
+def unavailable(target: DbTarget, error: BaseException | str) -> DatabaseUnavailableError:
+    """DatabaseUnavailableError naming the masked target and libpq's reason in one line."""
+    reason = " ".join(str(error).split()) or type(error).__name__
+    return DatabaseUnavailableError(
+        f"couldn't connect to {target.masked}: {target.scrub(reason)}; check that the "
+        "server is running and accepts connections from this host with these credentials"
+    )
+
+
+def register_types(conn: PgConnection) -> bool:
+    """Register pgvector's types on `conn`; False (and idle) when the extension is absent."""
+    try:
+        register_vector(conn)
+    except psycopg.ProgrammingError:
+        # vector type not found: initialize() creates it, then drains the pool.
+        registered = False
+    else:
+        registered = True
+    if not conn.autocommit:
+        conn.rollback()  # the pool wants configured connections idle
+    return registered
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split(".") if part.isdigit())
+
+
+def ensure_pgvector(conn: PgConnection, target: DbTarget) -> str:
+    """Create pgvector if needed and return its version; ExtensionMissingError with the fix."""
+    where = f"database {conn.info.dbname!r} on {target.masked}"
+    major = conn.info.server_version // 10000
+    row = conn.execute(
+        "SELECT default_version, installed_version FROM pg_available_extensions "
+        "WHERE name = 'vector'"
+    ).fetchone()
+    if row is None:
+        raise ExtensionMissingError(
+            f"pgvector is not installed on the PostgreSQL {major} server of {where}; "
+            f"install it on the server (Debian/Ubuntu: apt install postgresql-{major}-pgvector; "
+            "Homebrew: brew install pgvector; or build it from source), or run an embedded "
+            "server with pgvector: pip install 'shareddb[embedded]'"
+        )
+    if row[1] is None:
+        try:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        except psycopg.errors.InsufficientPrivilege:
+            raise ExtensionMissingError(
+                f"role {conn.info.user!r} may not create the pgvector extension in {where}; "
+                f"ask a superuser to run: CREATE EXTENSION vector; in database "
+                f"{conn.info.dbname!r} (or GRANT CREATE ON DATABASE to this role on "
+                "PostgreSQL 13+, where vector is a trusted extension)"
+            ) from None
+        logger.info("created extension vector in %s", where)
+    version_row = conn.execute(
+        "SELECT extversion FROM pg_extension WHERE extname = 'vector'"
+    ).fetchone()
+    assert version_row is not None
+    version = str(version_row[0])
+    if version_tuple(version) < MIN_PGVECTOR:
+        raise ExtensionMissingError(
+            f"pgvector {version} in {where} is older than 0.5.0, which shareddb needs for "
+            "HNSW; upgrade the server package, then run: ALTER EXTENSION vector UPDATE;"
+        )
+    if version_tuple(version) < ITERATIVE_SCAN_PGVECTOR:
+        logger.warning(
+            "pgvector %s in %s has no iterative index scans (0.8.0+): filtered searches "
+            "may return fewer than k rows; upgrade pgvector and ALTER EXTENSION vector UPDATE",
+            version,
+            where,
+        )
+    return version

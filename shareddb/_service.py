@@ -1,0 +1,399 @@
+"""DbService: the one entry point every domain of an application shares."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self
+
+import psycopg
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from . import _migrate, _migrate_pg, _migrate_sqlite
+from ._pg import PgConnection, connect, connect_kwargs, register_types, unavailable
+from ._url import BackendType, DbTarget, parse_url
+from .errors import ConfigError, DatabaseUnavailableError, MigrationError, ShareddbError
+
+if TYPE_CHECKING:
+    from ._config import DbConfig
+
+logger = logging.getLogger("shareddb")
+
+# What connection() yields: psycopg.Connection on PostgreSQL, sqlite3.Connection on SQLite.
+Connection = Any
+
+
+class DbService:
+    """One database for the whole application: a psycopg pool or one shared sqlite3 connection.
+
+    The constructor does no I/O; `open()` connects (and `initialize()` and
+    `connection()` open on demand). Use `connection()` or `transaction()` for SQL,
+    and pass the service to domain classes (`VectorStorage(db)`,
+    `SessionStorage(db)`) rather than letting them open their own connections.
+    In a process that wants one service per target, use `get_shared_db()`.
+
+    :param url: ``sqlite:///relative.db``, ``sqlite:////absolute.db``,
+        ``sqlite:///:memory:`` or a libpq URI ``postgresql://user:pass@host:5432/db``.
+    :param schema_dirs: extra migration namespaces: ``{"myapp": "path/to/migrations"}``.
+    :param min_size: connections the PostgreSQL pool keeps open.
+    :param max_size: most connections the PostgreSQL pool opens.
+    :param timeout: seconds to wait for a connection (PostgreSQL) or a lock (SQLite).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        schema_dirs: Mapping[str, str | os.PathLike[str]] | None = None,
+        min_size: int = 1,
+        max_size: int = 10,
+        timeout: float = 30.0,
+    ) -> None:
+        self._target: DbTarget = parse_url(url)
+        if not (isinstance(min_size, int) and isinstance(max_size, int) and min_size >= 0):
+            raise ConfigError(f"min_size={min_size!r} must be a whole number >= 0")
+        if max_size < max(min_size, 1):
+            raise ConfigError(
+                f"max_size={max_size!r} must be >= 1 and >= min_size={min_size}; raise max_size"
+            )
+        if not isinstance(timeout, int | float) or not timeout > 0:
+            raise ConfigError(f"timeout={timeout!r} must be a number of seconds > 0")
+        self._schema_dirs = {ns: Path(folder) for ns, folder in (schema_dirs or {}).items()}
+        self._min_size = min_size
+        self._max_size = max_size
+        self._timeout = float(timeout)
+        self._open_lock = threading.Lock()
+        self._pid: int | None = None
+        self._pool: ConnectionPool[PgConnection] | None = None
+        self._vector_types_missing = False
+        self._pgvector_version: str | None = None
+        self._sqlite: sqlite3.Connection | None = None
+        # One sqlite3 connection shared by threads: the RLock serialises its use and
+        # _sqlite_depth counts nested connection() blocks (they become savepoints).
+        self._sqlite_lock = threading.RLock()
+        self._sqlite_depth = 0
+
+    @classmethod
+    def from_config(cls, config: DbConfig, **kwargs: Any) -> Self:
+        """A DbService for `config.url`; keyword arguments as for the constructor."""
+        return cls(config.url, **kwargs)
+
+    def __repr__(self) -> str:
+        state = "open" if self._is_open() else "closed"
+        return f"<DbService {self.get_backend_type()} {self._target.masked!r} {state}>"
+
+    @property
+    def url(self) -> str:
+        """The target URL with the password masked (safe to log)."""
+        return self._target.masked
+
+    @property
+    def timeout(self) -> float:
+        return self._timeout
+
+    @property
+    def pgvector_version(self) -> str | None:
+        """pgvector's installed version once `initialize()` ran on PostgreSQL, else None."""
+        return self._pgvector_version
+
+    def get_backend_type(self) -> BackendType:
+        """``"sqlite"`` or ``"postgres"``."""
+        return self._target.backend
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Connect: open the pool (waiting up to `timeout` for a first connection) or the file.
+
+        Calling it on an open service does nothing. Raises DatabaseUnavailableError
+        when the database can't be reached.
+        """
+        with self._open_lock:
+            if self._is_open():
+                return
+            if self._target.backend == "postgres":
+                self._pool = self._open_pool()
+            else:
+                self._sqlite = self._open_sqlite()
+            self._pid = os.getpid()
+            logger.debug("opened %r", self)
+
+    def close(self) -> None:
+        """Close the pool or the SQLite connection; the service can be opened again."""
+        with self._open_lock:
+            pool, self._pool = self._pool, None
+            if pool is not None:
+                pool.close()
+            conn, self._sqlite = self._sqlite, None
+            if conn is not None:
+                with self._sqlite_lock:
+                    conn.close()
+            self._pid = None
+            logger.debug("closed %r", self)
+
+    def __enter__(self) -> Self:
+        self.open()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _is_open(self) -> bool:
+        return self._pool is not None or self._sqlite is not None
+
+    def _open_pool(self) -> ConnectionPool[PgConnection]:
+        def configure(conn: PgConnection) -> None:
+            if not register_types(conn):
+                self._vector_types_missing = True
+
+        pool: ConnectionPool[PgConnection] = ConnectionPool(
+            self._target.conninfo,
+            min_size=self._min_size,
+            max_size=self._max_size,
+            timeout=self._timeout,
+            kwargs=connect_kwargs(self._target, self._timeout),
+            configure=configure,
+            name="shareddb",
+            open=False,
+        )
+        # Fail here with libpq's reason rather than later with a bare pool timeout.
+        connect(self._target, self._timeout).close()
+        pool.open()
+        return pool
+
+    def _open_sqlite(self) -> sqlite3.Connection:
+        path = self._target.sqlite_path
+        try:
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(
+                ":memory:" if path is None else path,
+                timeout=self._timeout,
+                isolation_level=None,  # we issue BEGIN / COMMIT ourselves
+                check_same_thread=False,  # shared by threads behind _sqlite_lock
+            )
+            if path is not None:
+                conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA foreign_keys = ON")
+        except (OSError, sqlite3.Error) as e:
+            raise DatabaseUnavailableError(
+                f"couldn't open SQLite database {self._target.url}: {e}; check that the "
+                "folder exists and is writable"
+            ) from None
+        return conn
+
+    def _ensure_open(self) -> None:
+        if not self._is_open():
+            self.open()
+        if self._pid != os.getpid():
+            raise ShareddbError(
+                f"{self!r} was opened in process {self._pid} and used in process "
+                f"{os.getpid()} after fork(); open a new DbService in the child, or use "
+                "get_shared_db(), which does"
+            )
+
+    # -- SQL access --------------------------------------------------------------------
+
+    def get_sql(self) -> ConnectionPool[PgConnection] | sqlite3.Connection:
+        """The underlying client: the psycopg `ConnectionPool`, or the `sqlite3.Connection`.
+
+        Prefer `connection()`: on SQLite it serialises threads and manages the
+        transaction; raw use of the sqlite3 connection bypasses both.
+        """
+        self._ensure_open()
+        if self._pool is not None:
+            return self._pool
+        assert self._sqlite is not None
+        return self._sqlite
+
+    @contextmanager
+    def connection(self) -> Iterator[Connection]:
+        """A DB-API connection in a transaction: committed on success, rolled back on error.
+
+        On PostgreSQL a pooled psycopg connection with pgvector's types registered
+        (placeholders ``%s``); on SQLite the shared sqlite3 connection inside
+        ``BEGIN IMMEDIATE`` (placeholders ``?``); a nested block on the same thread
+        becomes a savepoint. Use `transaction()` for a unit of work across domains.
+        """
+        self._ensure_open()
+        if self._pool is not None:
+            with self._pg_connection() as conn:
+                yield conn
+        else:
+            with self._sqlite_transaction() as sqlite_conn:
+                yield sqlite_conn
+
+    def transaction(self) -> Any:
+        """The same as `connection()`, named for units of work that span domains.
+
+        Pass the connection to domain methods as ``conn=`` so they join it::
+
+            with db.transaction() as conn:
+                sessions.add(record, conn=conn)
+                vectors.upsert("md#253", embedding, conn=conn)
+        """
+        return self.connection()
+
+    @contextmanager
+    def _pg_connection(self, *, autocommit: bool = False) -> Iterator[PgConnection]:
+        assert self._pool is not None
+        try:
+            with self._pool.connection() as conn:
+                conn.autocommit = autocommit
+                try:
+                    yield conn
+                except psycopg.OperationalError as e:
+                    if conn.broken:
+                        raise unavailable(self._target, e) from e
+                    raise
+                finally:
+                    if not conn.broken and autocommit:
+                        conn.autocommit = False
+        except PoolTimeout:
+            raise self._no_connection() from None
+
+    def _no_connection(self) -> DatabaseUnavailableError:
+        """Tell an unreachable server from a pool whose connections are all in use."""
+        try:
+            connect(self._target, min(self._timeout, 5.0)).close()
+        except DatabaseUnavailableError as e:
+            return e
+        return DatabaseUnavailableError(
+            f"couldn't get a connection to {self._target.masked} after {self._timeout:.2f} "
+            f"sec: all {self._max_size} connections of the pool are in use; return "
+            "connections sooner (keep transactions short) or raise max_size or timeout"
+        )
+
+    @contextmanager
+    def _sqlite_transaction(self) -> Iterator[sqlite3.Connection]:
+        conn = self._sqlite
+        assert conn is not None
+        if not self._sqlite_lock.acquire(timeout=self._timeout):
+            raise DatabaseUnavailableError(
+                f"couldn't get the SQLite connection to {self._target.url} after "
+                f"{self._timeout:.2f} sec: another thread kept it in a transaction; keep "
+                "transactions short or raise timeout"
+            )
+        try:
+            depth = self._sqlite_depth
+            savepoint = f"shareddb_{depth}"
+            if depth == 0:
+                self._begin_immediate(conn)
+            else:
+                conn.execute(f'SAVEPOINT "{savepoint}"')
+            self._sqlite_depth += 1
+            try:
+                yield conn
+            except BaseException:
+                if conn.in_transaction:
+                    if depth == 0:
+                        conn.execute("ROLLBACK")
+                    else:
+                        conn.execute(f'ROLLBACK TO "{savepoint}"')
+                        conn.execute(f'RELEASE "{savepoint}"')
+                raise
+            else:
+                if conn.in_transaction:
+                    conn.execute("COMMIT" if depth == 0 else f'RELEASE "{savepoint}"')
+            finally:
+                self._sqlite_depth = depth
+        finally:
+            self._sqlite_lock.release()
+
+    def _begin_immediate(self, conn: sqlite3.Connection) -> None:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) and "busy" not in str(e):
+                raise
+            raise DatabaseUnavailableError(
+                f"SQLite database {self._target.url} stayed locked by another process for "
+                f"{self._timeout:.2f} sec ({e}); keep write transactions short or raise timeout"
+            ) from e
+
+    # -- schema ------------------------------------------------------------------------
+
+    def _migration_files(self) -> list[_migrate.MigrationFile]:
+        backend = self.get_backend_type()
+        return _migrate.discover_all(_migrate.migration_folders(backend, self._schema_dirs))
+
+    def initialize(self, *, lock_timeout: float = 600.0) -> _migrate.MigrationReport:
+        """Bring the schema up to date: verify the ledger, ensure pgvector, apply pending files.
+
+        Connects if needed. Idempotent and safe to call from many processes at
+        once; on an up-to-date database it costs one query and runs no DDL.
+        Raises MigrationError (or ChecksumMismatchError) before any DDL runs when an
+        applied file was edited or removed, or a new file is numbered below an
+        applied one; ExtensionMissingError when pgvector is unavailable.
+
+        :param lock_timeout: seconds to wait for another process's migration.
+        """
+        self._ensure_open()
+        files = self._migration_files()
+        if self._pool is not None:
+            return self._initialize_postgres(files, lock_timeout)
+        return self._initialize_sqlite(files)
+
+    def _initialize_postgres(
+        self, files: list[_migrate.MigrationFile], lock_timeout: float
+    ) -> _migrate.MigrationReport:
+        assert self._pool is not None
+        with self._pg_connection(autocommit=True) as conn:
+            fast = _migrate_pg.read_ledger_fast(conn)
+        if fast is not None:
+            ledger, pgvector = fast
+            if pgvector is not None and not _migrate.verify(files, ledger):
+                self._pgvector_version = pgvector
+                return _migrate.MigrationReport()
+        applied, self._pgvector_version = _migrate_pg.migrate(
+            self._target, files, timeout=self._timeout, lock_timeout=lock_timeout
+        )
+        if self._vector_types_missing:
+            # Connections made before CREATE EXTENSION lack the vector types: replace them.
+            self._vector_types_missing = False
+            self._pool.drain()
+        return _migrate.MigrationReport(applied)
+
+    def _initialize_sqlite(self, files: list[_migrate.MigrationFile]) -> _migrate.MigrationReport:
+        conn = self._sqlite
+        assert conn is not None
+        with self._sqlite_lock:
+            if self._sqlite_depth:
+                raise MigrationError(
+                    "initialize() was called inside connection() or transaction() on the same "
+                    "thread; call it before opening a transaction"
+                )
+            ledger = _migrate_sqlite.read_ledger(conn)
+            if ledger is not None and not _migrate.verify(files, ledger):
+                return _migrate.MigrationReport()
+            applied = _migrate_sqlite.migrate(
+                conn, files, where=f"SQLite database {self._target.url}", timeout=self._timeout
+            )
+        return _migrate.MigrationReport(applied)
+
+    def migration_status(self) -> list[_migrate.MigrationInfo]:
+        """Every known migration with its state (applied, pending, changed, …); read-only."""
+        self._ensure_open()
+        files = self._migration_files()
+        ledger: list[_migrate.LedgerRow] = []
+        if self._pool is not None:
+            with self._pg_connection(autocommit=True) as conn:
+                fast = _migrate_pg.read_ledger_fast(conn)
+            ledger = fast[0] if fast else []
+        else:
+            assert self._sqlite is not None
+            with self._sqlite_lock:
+                ledger = _migrate_sqlite.read_ledger(self._sqlite) or []
+        return _migrate.status(files, ledger)

@@ -1,0 +1,66 @@
+"""The shareddb exception family.
+
+Every message names the object involved and the next step, as a full sentence.
+Catch `ShareddbError` to handle anything shareddb raises on purpose; errors that
+come from the driver for hand-written SQL (``psycopg.Error``, ``sqlite3.Error``)
+pass through unchanged.
+"""
+
+from __future__ import annotations
+
+
+class ShareddbError(Exception):
+    """Base class of every error shareddb raises on purpose."""
+
+
+class ConfigError(ShareddbError, ValueError):
+    """A configuration file, URL or argument is invalid."""
+
+
+class DatabaseUnavailableError(ShareddbError):
+    """The database could not be reached, or no connection was free in time."""
+
+
+class MigrationError(ShareddbError):
+    """A migration could not be discovered, verified or applied.
+
+    When a statement failed, `namespace`, `filename`, `statement`, `line` and
+    `sqlstate` say where; the others stay None.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        namespace: str | None = None,
+        filename: str | None = None,
+        statement: int | None = None,
+        line: int | None = None,
+        sqlstate: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.namespace = namespace
+        self.filename = filename
+        self.statement = statement
+        self.line = line
+        self.sqlstate = sqlstate
+
+
+class ChecksumMismatchError(MigrationError):
+    """An applied migration file was edited after it was applied."""
+
+
+class MigrationLockTimeout(MigrationError):
+    """Another process held the migration lock for longer than allowed."""
+
+
+class ExtensionMissingError(ShareddbError):
+    """pgvector is not installed on the server, too old, or may not be created."""
+
+
+class DimensionMismatchError(ShareddbError, ValueError):
+    """An embedding's length does not match the stored or indexed dimension."""
+
+
+class InvalidEmbeddingError(ShareddbError, ValueError):
+    """An embedding is not a 1-D array of finite real numbers of a valid size."""

