@@ -11,10 +11,15 @@ from .errors import (
     DimensionMismatchError,
     ExtensionMissingError,
     InvalidEmbeddingError,
+    InvalidSessionError,
     MigrationError,
     MigrationLockTimeout,
+    SessionExistsError,
+    SessionNotFoundError,
     ShareddbError,
 )
+from .sessions import SessionRecord, SessionStorage
+from .vectors import IndexInfo, SearchResult, VectorStorage
 
 __all__ = [
     "AppliedMigration",
@@ -25,12 +30,20 @@ __all__ = [
     "DbService",
     "DimensionMismatchError",
     "ExtensionMissingError",
+    "IndexInfo",
     "InvalidEmbeddingError",
+    "InvalidSessionError",
     "MigrationError",
     "MigrationInfo",
     "MigrationLockTimeout",
     "MigrationReport",
+    "SearchResult",
+    "SessionExistsError",
+    "SessionNotFoundError",
+    "SessionRecord",
+    "SessionStorage",
     "ShareddbError",
+    "VectorStorage",
     "close_shared_dbs",
     "get_shared_db",
     "load_config",

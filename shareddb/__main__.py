@@ -1,5 +1,8 @@
+"""``python -m shareddb``: the same command as the ``shareddb`` console script."""
+
 import sys
 
 from ._cli import main
 
-sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())

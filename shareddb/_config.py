@@ -15,6 +15,7 @@ from urllib.parse import quote
 
 import platformdirs
 
+from ._embedded import embedded_url
 from ._url import mask_url, parse_url
 from .errors import ConfigError
 
@@ -27,7 +28,7 @@ _TOP_KEYS = {"db", "sessiondb"}
 _DB_KEYS = {"url"}
 _SESSIONDB_KEYS = {"backend", "sqlite", "postgres"}
 _SQLITE_KEYS = {"path"}
-_POSTGRES_KEYS = {"connection_string"}
+_POSTGRES_KEYS = {"connection_string", "embedded", "data_dir"}
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,8 @@ def load_config(path: str | os.PathLike[str] | None = None) -> DbConfig:
     """
     explicit = path is not None
     file = Path(path).expanduser() if path is not None else default_config_path()
+    # Absolute, so that relative paths in the file stay right after a chdir().
+    file = file.absolute()
     data = _read_toml(file, required=explicit)
     exists = data is not None
     env_url = os.environ.get(ENV_URL)
@@ -137,14 +140,20 @@ def _url_from_file(data: dict[str, Any], file: Path) -> tuple[str, ConfigSource]
     if "url" in db:
         url = _string(db, "url", file, "db.")
         _validate_url(url, f"key db.url in {file}")
+        # [db] wins, but a broken [sessiondb] is still reported rather than hidden.
+        _url_from_file({"sessiondb": sessiondb}, file)
         return url, "db"
 
+    embedded = _embedded_dir(postgres, file)
     backend = (
-        _string(sessiondb, "backend", file, "sessiondb.") if "backend" in sessiondb else "sqlite"
+        _string(sessiondb, "backend", file, "sessiondb.")
+        if "backend" in sessiondb
+        else ("postgres" if embedded else "sqlite")
     )
     if backend == "sqlite":
         if "path" not in sqlite:
-            return sqlite_url(default_sqlite_path()), "sessiondb"
+            # Nothing set at all (an empty file) is the default, not [sessiondb].
+            return sqlite_url(default_sqlite_path()), "sessiondb" if sessiondb else "default"
         raw_path = _string(sqlite, "path", file, "sessiondb.sqlite.")
         if not raw_path or "\x00" in raw_path:
             raise ConfigError(
@@ -156,16 +165,53 @@ def _url_from_file(data: dict[str, Any], file: Path) -> tuple[str, ConfigSource]
             db_path = file.parent / db_path  # relative to the config file, not the cwd
         return sqlite_url(db_path), "sessiondb"
     if backend == "postgres":
+        if embedded:
+            return embedded_url(embedded[0]), "sessiondb"
         if "connection_string" not in postgres:
             raise ConfigError(
                 f"key sessiondb.postgres.connection_string is missing in {file} while "
                 "sessiondb.backend is 'postgres'; add connection_string = "
-                '"postgresql://user:password@host:5432/db"'
+                '"postgresql://user:password@host:5432/db", or embedded = true for a local '
+                "server (pip install 'shareddb[embedded]')"
             )
         url = _string(postgres, "connection_string", file, "sessiondb.postgres.")
         _validate_url(url, f"key sessiondb.postgres.connection_string in {file}")
         return url, "sessiondb"
     raise ConfigError(f"key sessiondb.backend in {file} is {backend!r}; use 'sqlite' or 'postgres'")
+
+
+def _embedded_dir(postgres: dict[str, Any], file: Path) -> tuple[Path | None] | None:
+    """``(data folder or None for the default,)`` when embedded = true, else None."""
+    prefix = "sessiondb.postgres."
+    embedded = postgres.get("embedded", False)
+    if not isinstance(embedded, bool):
+        raise ConfigError(
+            f"key {prefix}embedded in {file} must be true or false, not "
+            f"{type(embedded).__name__}; write embedded = true without quotes"
+        )
+    if not embedded:
+        if "data_dir" in postgres:
+            raise ConfigError(
+                f"key {prefix}data_dir in {file} only applies to the embedded server; "
+                "add embedded = true or remove data_dir"
+            )
+        return None
+    if "connection_string" in postgres:
+        raise ConfigError(
+            f"keys {prefix}connection_string and {prefix}embedded = true in {file} "
+            "contradict each other; keep one of them"
+        )
+    if "data_dir" not in postgres:
+        return (None,)
+    raw = _string(postgres, "data_dir", file, prefix)
+    if not raw or "\x00" in raw:
+        raise ConfigError(
+            f"key {prefix}data_dir in {file} is empty or holds a NUL byte; set it to a folder"
+        )
+    folder = Path(raw).expanduser()
+    if not folder.is_absolute():
+        folder = file.parent / folder  # relative to the config file, not the cwd
+    return (folder,)
 
 
 def _validate_url(url: str, where: str) -> None:

@@ -41,15 +41,13 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
     execution_ms double precision NOT NULL,
     PRIMARY KEY (namespace, version)
 )"""
-READ_LEDGER = (
-    "SELECT namespace, version, name, checksum, applied_at, execution_ms "
-    "FROM schema_migrations ORDER BY namespace, version"
-)
-# The up-to-date check: the ledger and pgvector's version in one round trip.
+# The up-to-date check: the ledger and pgvector's version in one round trip. The outer
+# join yields one all-NULL ledger row when the ledger is empty, so the version still comes.
 READ_LEDGER_AND_PGVECTOR = (
-    "SELECT namespace, version, name, checksum, applied_at, execution_ms, "
+    "SELECT m.namespace, m.version, m.name, m.checksum, m.applied_at, m.execution_ms, "
     "(SELECT extversion FROM pg_extension WHERE extname = 'vector') "
-    "FROM schema_migrations ORDER BY namespace, version"
+    "FROM (SELECT) AS one LEFT JOIN schema_migrations AS m ON true "
+    "ORDER BY m.namespace, m.version"
 )
 INSERT_LEDGER = (
     "INSERT INTO schema_migrations (namespace, version, name, checksum, execution_ms) "
@@ -65,10 +63,6 @@ WHERE l.locktype = 'advisory' AND l.granted AND l.database = (
   AND l.classid = %s AND l.objid = %s AND l.objsubid = 1"""
 
 
-def read_ledger(conn: PgConnection) -> list[LedgerRow]:
-    return [LedgerRow(*row) for row in conn.execute(READ_LEDGER)]
-
-
 def read_ledger_fast(conn: PgConnection) -> tuple[list[LedgerRow], str | None] | None:
     """Ledger rows and the pgvector version, or None when there is no ledger yet."""
     try:
@@ -76,7 +70,7 @@ def read_ledger_fast(conn: PgConnection) -> tuple[list[LedgerRow], str | None] |
     except psycopg.errors.UndefinedTable:
         return None
     version = rows[0][6] if rows else None
-    return [LedgerRow(*row[:6]) for row in rows], version
+    return [LedgerRow(*row[:6]) for row in rows if row[0] is not None], version
 
 
 def migrate(
@@ -86,13 +80,19 @@ def migrate(
     timeout: float,
     lock_timeout: float,
 ) -> tuple[list[AppliedMigration], str]:
-    """Lock, verify, ensure pgvector, apply pending files; returns them and pgvector's version."""
+    """Lock, verify, ensure pgvector, apply pending files; returns them and pgvector's version.
+
+    Nothing is created before the ledger is verified and pgvector is known to be
+    available: a refused run leaves the database as it found it.
+    """
     with connect(target, timeout, autocommit=True) as conn:
         _lock(conn, target, lock_timeout)
         try:
-            conn.execute(CREATE_LEDGER)
-            pending = verify(files, read_ledger(conn))
+            fast = read_ledger_fast(conn)
+            pending = verify(files, fast[0] if fast is not None else [])
             pgvector = ensure_pgvector(conn, target)
+            if fast is None:
+                conn.execute(CREATE_LEDGER)
             return [_apply(conn, m) for m in pending], pgvector
         finally:
             if not conn.broken:

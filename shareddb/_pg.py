@@ -23,7 +23,9 @@ PgConnection = psycopg.Connection[tuple[Any, ...]]
 def connect_kwargs(target: DbTarget, timeout: float) -> dict[str, Any]:
     """Keyword arguments for every connection: a connect timeout and our application_name."""
     params = psycopg.conninfo.conninfo_to_dict(target.conninfo)
-    kwargs: dict[str, Any] = {"connect_timeout": max(2, round(timeout))}
+    kwargs: dict[str, Any] = {}
+    if "connect_timeout" not in params:  # the url's own setting wins
+        kwargs["connect_timeout"] = max(2, round(timeout))
     if "application_name" not in params:
         kwargs["application_name"] = APPLICATION_NAME
     return kwargs
@@ -86,10 +88,11 @@ def ensure_pgvector(conn: PgConnection, target: DbTarget) -> str:
             conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
         except psycopg.errors.InsufficientPrivilege:
             raise ExtensionMissingError(
-                f"role {conn.info.user!r} may not create the pgvector extension in {where}; "
-                f"ask a superuser to run: CREATE EXTENSION vector; in database "
-                f"{conn.info.dbname!r} (or GRANT CREATE ON DATABASE to this role on "
-                "PostgreSQL 13+, where vector is a trusted extension)"
+                f"role {conn.info.user!r} may not create the pgvector extension in {where} "
+                "(vector is not a trusted extension: only a superuser, or a managed "
+                "service's admin role such as rds_superuser, can create it); ask one to run "
+                f"CREATE EXTENSION vector; in database {conn.info.dbname!r}, then run "
+                "initialize() again"
             ) from None
         logger.info("created extension vector in %s", where)
     version_row = conn.execute(

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Self
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from . import _migrate, _migrate_pg, _migrate_sqlite
+from . import _embedded, _migrate, _migrate_pg, _migrate_sqlite
 from ._pg import PgConnection, connect, connect_kwargs, register_types, unavailable
 from ._url import BackendType, DbTarget, parse_url
 from .errors import ConfigError, DatabaseUnavailableError, MigrationError, ShareddbError
@@ -27,6 +29,34 @@ logger = logging.getLogger("shareddb")
 
 # What connection() yields: psycopg.Connection on PostgreSQL, sqlite3.Connection on SQLite.
 Connection = Any
+
+# Pools and SQLite connections a forked child inherited and let go of in close(): kept
+# referenced so that garbage collection never closes what the parent still uses.
+_inherited: list[tuple[object, object]] = []
+
+
+def _enable_wal(conn: sqlite3.Connection, timeout: float) -> None:
+    """Put the file in WAL mode, retrying for up to `timeout` sec while others hold locks.
+
+    Switching needs an exclusive lock, and when several processes switch a fresh file
+    at the same moment SQLite answers "database is locked" at once, without waiting in
+    the busy handler (it would deadlock). Reading the mode first keeps the usual case,
+    a file already in WAL mode, free of any write lock.
+    """
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while True:
+        try:
+            row = conn.execute("PRAGMA journal_mode").fetchone()
+            if row is None or str(row[0]).lower() != "wal":
+                conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as e:
+            busy = "locked" in str(e) or "busy" in str(e)
+            if not busy or time.monotonic() >= deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
 
 
 class DbService:
@@ -112,12 +142,18 @@ class DbService:
         """Connect: open the pool (waiting up to `timeout` for a first connection) or the file.
 
         Calling it on an open service does nothing. Raises DatabaseUnavailableError
-        when the database can't be reached.
+        when the database can't be reached. An embedded PostgreSQL URL
+        (``postgresql+embedded://``) starts the local server here, or reuses the one
+        running on that folder (ConfigError names the install command when the
+        ``embedded`` extra is missing).
         """
         with self._open_lock:
             if self._is_open():
                 return
             if self._target.backend == "postgres":
+                if self._target.embedded_dir is not None:
+                    uri = _embedded.start(self._target.embedded_dir)
+                    self._target = dataclasses.replace(self._target, conninfo=uri)
                 self._pool = self._open_pool()
             else:
                 self._sqlite = self._open_sqlite()
@@ -128,9 +164,19 @@ class DbService:
         """Close the pool or the SQLite connection; the service can be opened again."""
         with self._open_lock:
             pool, self._pool = self._pool, None
+            conn, self._sqlite = self._sqlite, None
+            if self._pid is not None and self._pid != os.getpid():
+                # Inherited across fork(): the parent still uses these. Closing them here
+                # would end the parent's PostgreSQL sessions, so keep them referenced
+                # (never finalized) and forget them; the child may open() its own.
+                _inherited.append((pool, conn))
+                self._sqlite_lock = threading.RLock()
+                self._sqlite_depth = 0
+                self._pid = None
+                logger.debug("forgot %r inherited across fork()", self)
+                return
             if pool is not None:
                 pool.close()
-            conn, self._sqlite = self._sqlite, None
             if conn is not None:
                 with self._sqlite_lock:
                     conn.close()
@@ -183,14 +229,22 @@ class DbService:
                 isolation_level=None,  # we issue BEGIN / COMMIT ourselves
                 check_same_thread=False,  # shared by threads behind _sqlite_lock
             )
-            if path is not None:
-                conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = NORMAL")
-            conn.execute("PRAGMA foreign_keys = ON")
         except (OSError, sqlite3.Error) as e:
             raise DatabaseUnavailableError(
                 f"couldn't open SQLite database {self._target.url}: {e}; check that the "
                 "folder exists and is writable"
+            ) from None
+        try:
+            if path is not None:
+                _enable_wal(conn, self._timeout)
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA foreign_keys = ON")
+        except (OSError, sqlite3.Error) as e:
+            conn.close()
+            raise DatabaseUnavailableError(
+                f"couldn't set up SQLite database {self._target.url} within "
+                f"{self._timeout:.2f} sec: {e}; check that the file is writable and that no "
+                "other process keeps it locked, or raise timeout"
             ) from None
         return conn
 
@@ -356,15 +410,22 @@ class DbService:
             ledger, pgvector = fast
             if pgvector is not None and not _migrate.verify(files, ledger):
                 self._pgvector_version = pgvector
+                self._refresh_vector_types()
                 return _migrate.MigrationReport()
         applied, self._pgvector_version = _migrate_pg.migrate(
             self._target, files, timeout=self._timeout, lock_timeout=lock_timeout
         )
-        if self._vector_types_missing:
-            # Connections made before CREATE EXTENSION lack the vector types: replace them.
+        self._refresh_vector_types()
+        return _migrate.MigrationReport(applied)
+
+    def _refresh_vector_types(self) -> None:
+        """Replace pooled connections made before pgvector existed (they lack its types).
+
+        The extension may have been created by this process or by another one since.
+        """
+        if self._vector_types_missing and self._pool is not None:
             self._vector_types_missing = False
             self._pool.drain()
-        return _migrate.MigrationReport(applied)
 
     def _initialize_sqlite(self, files: list[_migrate.MigrationFile]) -> _migrate.MigrationReport:
         conn = self._sqlite

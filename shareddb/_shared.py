@@ -19,7 +19,7 @@ _inherited: list[DbService] = []
 def _key(url: str) -> tuple[str, str]:
     target = parse_url(url)
     if target.backend == "sqlite" and target.sqlite_path is not None:
-        return ("sqlite", str(target.sqlite_path.expanduser().resolve()))
+        return ("sqlite", str(target.sqlite_path.resolve()))
     return (target.backend, target.url)
 
 

@@ -10,6 +10,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 import psycopg.conninfo
 
+from ._embedded import EMBEDDED_PREFIX, default_data_dir
 from .errors import ConfigError
 
 BackendType = Literal["sqlite", "postgres"]
@@ -18,6 +19,8 @@ MASK = "***"
 _SQLITE_PREFIX = "sqlite:///"
 _PG_SCHEMES = ("postgresql://", "postgres://")
 _QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
+_RAW_QUERY_PASSWORD = re.compile(r"[?&]password=([^&#]*)", re.IGNORECASE)
+_RAW_USERINFO = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://([^/?#]*)@")
 
 
 @dataclass(frozen=True)
@@ -26,6 +29,8 @@ class DbTarget:
 
     `sqlite_path` is set for SQLite (None for ``:memory:``); `conninfo` is the
     libpq URI for PostgreSQL. `password` is kept only to scrub it from messages.
+    `embedded_dir` is the data folder of an embedded PostgreSQL
+    (``postgresql+embedded://``); its `conninfo` stays empty until the server runs.
     """
 
     url: str
@@ -33,6 +38,11 @@ class DbTarget:
     sqlite_path: Path | None = None
     conninfo: str = ""
     password: str = ""
+    embedded_dir: Path | None = None
+
+    def __repr__(self) -> str:
+        # The generated repr would show url, conninfo and password in clear.
+        return f"DbTarget({self.masked!r}, backend={self.backend!r})"
 
     @property
     def masked(self) -> str:
@@ -61,11 +71,14 @@ def parse_url(url: str) -> DbTarget:
         )
     if url.startswith(_SQLITE_PREFIX):
         return _parse_sqlite(url)
+    if url.startswith(EMBEDDED_PREFIX):
+        return _parse_embedded(url)
     if url.startswith(_PG_SCHEMES):
         return _parse_postgres(url)
     raise ConfigError(
         f"database url {mask_url(url)!r} has an unknown scheme; use sqlite:///relative.db, "
-        "sqlite:////absolute/path.db, sqlite:///:memory: or postgresql://user@host:5432/db"
+        "sqlite:////absolute/path.db, sqlite:///:memory:, postgresql://user@host:5432/db "
+        "or postgresql+embedded:///data/dir"
     )
 
 
@@ -84,20 +97,50 @@ def _parse_sqlite(url: str) -> DbTarget:
         )
     if path == ":memory:":
         return DbTarget(url=url, backend="sqlite", sqlite_path=None)
-    return DbTarget(url=url, backend="sqlite", sqlite_path=Path(path))
+    # "~" is expanded, as in configuration paths and embedded PostgreSQL urls.
+    return DbTarget(url=url, backend="sqlite", sqlite_path=Path(path).expanduser())
+
+
+def _parse_embedded(url: str) -> DbTarget:
+    """``postgresql+embedded://`` [``/`` data folder, written like a SQLite URL's file]."""
+    raw = url[len(EMBEDDED_PREFIX) :]
+    if "?" in raw or "#" in raw or (raw and not raw.startswith("/")):
+        raise ConfigError(
+            f"embedded postgresql url {url!r} is not of the form postgresql+embedded:///dir; "
+            "use postgresql+embedded:///relative/dir, postgresql+embedded:////absolute/dir "
+            "or postgresql+embedded:// for the default folder"
+        )
+    path = unquote(raw[1:])
+    folder = Path(path).expanduser() if path else default_data_dir()
+    return DbTarget(url=url, backend="postgres", embedded_dir=folder)
 
 
 def _parse_postgres(url: str) -> DbTarget:
     try:
         params = psycopg.conninfo.conninfo_to_dict(url)
     except psycopg.ProgrammingError as e:
-        detail = str(e).replace(url, mask_url(url))
+        # libpq quotes the offending token, which may be (part of) the password.
+        detail = _scrub_raw_passwords(" ".join(str(e).split()), url)
         raise ConfigError(
             f"postgresql url {mask_url(url)!r} is not a valid libpq URI ({detail}); "
             "use postgresql://user:password@host:5432/dbname"
         ) from None
     password = str(params.get("password") or "")
     return DbTarget(url=url, backend="postgres", conninfo=url, password=password)
+
+
+def _scrub_raw_passwords(text: str, url: str) -> str:
+    """`text` with `url` masked and every password as written in `url` (raw or decoded) hidden."""
+    text = text.replace(url, mask_url(url))
+    secrets = _RAW_QUERY_PASSWORD.findall(url)
+    userinfo = _RAW_USERINFO.match(url)
+    if userinfo and ":" in userinfo.group(1):
+        secrets.append(userinfo.group(1).split(":", 1)[1])
+    for secret in sorted(set(secrets), key=len, reverse=True):
+        for form in (secret, unquote(secret)):
+            if form:
+                text = text.replace(form, MASK)
+    return text
 
 
 def mask_url(url: str) -> str:

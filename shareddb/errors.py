@@ -64,3 +64,15 @@ class DimensionMismatchError(ShareddbError, ValueError):
 
 class InvalidEmbeddingError(ShareddbError, ValueError):
     """An embedding is not a 1-D array of finite real numbers of a valid size."""
+
+
+class InvalidSessionError(ShareddbError, ValueError):
+    """A session record, name, field or filter is invalid (wrong type, empty, NUL, …)."""
+
+
+class SessionExistsError(ShareddbError):
+    """`SessionStorage.add()` was given a name that another session already has."""
+
+
+class SessionNotFoundError(ShareddbError, LookupError):
+    """No session has the name that `SessionStorage.update()` was given."""

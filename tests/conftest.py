@@ -23,7 +23,9 @@ from shareddb import DbService
 
 PG_URL_ENV = "SHAREDDB_TEST_PG_URL"
 # This machine kind runs a PostgreSQL 15 without pgvector here; elsewhere it is absent.
-PLAIN_PG_URL = os.environ.get("SHAREDDB_TEST_PLAIN_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+PLAIN_PG_URL = os.environ.get(
+    "SHAREDDB_TEST_PLAIN_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = PROJECT_ROOT.parent / "shared" / "data"
 
