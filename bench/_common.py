@@ -497,6 +497,8 @@ def fmt(value: Any) -> str:
             return str(v)
         if abs(v) >= 100:
             return f"{v:,.0f}"
+        if 0.1 <= v < 1:  # recalls: round down, so that 0.9995 never shows as 1
+            return f"{math.floor(v * 1000) / 1000:.3f}"
         return f"{v:.3g}" if abs(v) < 1 else f"{v:.2f}"
     if isinstance(value, int) and not isinstance(value, bool):
         return f"{value:,}"
@@ -576,10 +578,16 @@ def add_output_args(parser: argparse.ArgumentParser) -> None:
 
 
 def plot_recall_qps(
-    path: Path, series: dict[str, list[tuple[float, float, str]]], title: str
+    path: Path,
+    panels: dict[str, dict[str, list[tuple[float, float, str]]]],
+    title: str,
+    *,
+    xlabel: str = "recall@10",
 ) -> Path | None:
-    """recall@10 (x) vs QPS (y, log) with one line per series of (recall, qps, label) points.
+    """Recall (x) vs QPS (y, log): one panel per index, one line per client.
 
+    `panels[index][client]` lists (recall, qps, setting) points in sweep order; each
+    point is labelled with its setting, and a client keeps its colour in every panel.
     Returns None, after saying why, when matplotlib isn't installed.
     """
     try:
@@ -593,22 +601,34 @@ def plot_recall_qps(
             file=sys.stderr,
         )
         return None
-    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=110)
-    for name, points in series.items():
-        if not points:
-            continue
-        ordered = sorted(points)
-        ax.plot(
-            [p[0] for p in ordered], [p[1] for p in ordered], marker="o", label=name, linewidth=1.5
-        )
-        for recall, qps, label in ordered:
-            ax.annotate(label, (recall, qps), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    ax.set_xlabel("recall@10")
-    ax.set_ylabel("queries per second, one client (log)")
-    ax.set_yscale("log")
-    ax.set_title(title)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    names = list(dict.fromkeys(client for series in panels.values() for client in series))
+    colours = {name: f"C{i}" for i, name in enumerate(names)}
+    fig, axes = plt.subplots(
+        1, max(len(panels), 1), figsize=(6.5 * max(len(panels), 1), 5.2), dpi=110, squeeze=False
+    )
+    for ax, (panel, series) in zip(axes[0], panels.items(), strict=False):
+        for name, points in series.items():
+            if not points:
+                continue
+            ax.plot(
+                [p[0] for p in points],
+                [p[1] for p in points],
+                marker="o",
+                color=colours[name],
+                label=name,
+                linewidth=1.5,
+            )
+            for recall, qps, label in points:
+                ax.annotate(
+                    label, (recall, qps), fontsize=7, xytext=(3, 3), textcoords="offset points"
+                )
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("queries per second, one client (log)")
+        ax.set_yscale("log")
+        ax.set_title(panel)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)

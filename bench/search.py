@@ -260,7 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"dataset {ds.name}: {ds.n:,} x {ds.dim} ({ds.metric}), {len(ds.queries)} queries, k={k}",
         flush=True,
     )
-    series: dict[str, list[tuple[float, float, str]]] = {}
+    series: dict[str, dict[str, list[tuple[float, float, str]]]] = {}
     with c.scratch_database(args.dsn) as url:
         report.facts |= c.server_facts(url)
         with DbService(url, min_size=1, max_size=2) as db:
@@ -270,6 +270,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             start = time.perf_counter()
             storage.upsert_many((ids, ds.base))
             load_rate = ds.n / (time.perf_counter() - start)
+            stored = storage.count(dimension=ds.dim)
+            if stored != ds.n:
+                raise SystemExit(f"upsert_many stored {stored:,} of {ds.n:,} rows; stopping")
             with db.connection() as conn:  # statistics, as autovacuum would gather them
                 conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(TABLE)))
             clients: list[Any] = [
@@ -317,7 +320,7 @@ def run_method(
     truth: np.ndarray,
     ds: c.Dataset,
     method: str,
-    series: dict[str, list[tuple[float, float, str]]],
+    series: dict[str, dict[str, list[tuple[float, float, str]]]],
 ) -> None:
     k = len(truth[0])
     if method == "hnsw":
@@ -381,7 +384,10 @@ def run_method(
                     "client_cpu_us": lat.cpu_us,
                 }
             )
-            series.setdefault(f"{client} {method}", []).append((got["recall"], lat.qps, str(value)))
+            panel = f"{method} ({_describe(peer_options)}), labels: {KNOB[method]}"
+            series.setdefault(panel, {}).setdefault(client, []).append(
+                (got["recall"], lat.qps, str(value))
+            )
     report.table(
         f"{method} ({_describe(peer_options)}): sweep of {KNOB[method]}",
         [

@@ -24,7 +24,7 @@ from . import _embedded, _migrate
 from ._config import DbConfig, default_config_path, load_config
 from ._doctor import EMBEDDINGS_TABLE, Doctor, format_bytes, not_created, table_exists
 from ._service import DbService
-from ._url import parse_url
+from ._url import expand_user, parse_url
 from .errors import ConfigError, ShareddbError
 
 EXIT_OK = 0
@@ -538,7 +538,7 @@ def _cmd_config(args: argparse.Namespace) -> int:
 def _config_init(args: argparse.Namespace) -> int:
     from ._config import default_sqlite_path
 
-    path = Path(args.config).expanduser() if args.config else default_config_path()
+    path = expand_user(args.config, "--config") if args.config else default_config_path()
     if path.exists() and not args.force:
         print(
             f"shareddb: config file {path} already exists; edit it, or pass --force to "
@@ -569,7 +569,7 @@ def _config_init(args: argparse.Namespace) -> int:
 def _pg_data_dir(args: argparse.Namespace) -> Path:
     """--data-dir, else an embedded url from --url or the configuration, else the default."""
     if args.data_dir:
-        return Path(args.data_dir).expanduser()
+        return expand_user(args.data_dir, "--data-dir")
     url: str | None = args.url
     if url is None:
         url = load_config(args.config).url
@@ -688,6 +688,35 @@ def _cmd_copy(args: argparse.Namespace) -> int:
 # -- parser and entry point --------------------------------------------------------------
 
 
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from .tuning import tune
+    from .vectors import VectorStorage
+
+    url, _config = _target_url(args)
+    with _service(args, url) as db:
+        storage = VectorStorage(db, table=args.table)
+        try:
+            result = tune(
+                storage,
+                args.dimension,
+                metric=args.metric,
+                target_recall=args.target_recall,
+                k=args.k,
+                sample=args.sample,
+                method=args.method,
+            )
+        except psycopg.errors.UndefinedTable:
+            raise ShareddbError(
+                f"table {args.table!r} does not exist in {db.url}; run shareddb init, load "
+                "embeddings and create an index first"
+            ) from None
+    if args.json:
+        _emit_json(result)
+    else:
+        print(result.table())
+    return EXIT_OK if result.met else EXIT_PROBLEM
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="shareddb",
@@ -780,6 +809,41 @@ def build_parser() -> argparse.ArgumentParser:
     )
     copy.add_argument("--only", choices=["sessions", "task_embeddings"], help="copy one table only")
     copy.set_defaults(handler=_cmd_copy)
+
+    tune_cmd = commands.add_parser(
+        "tune",
+        parents=[common, as_json],
+        help="measure a vector index's recall and latency and pick ef_search / probes",
+    )
+    tune_cmd.add_argument(
+        "--dimension", type=int, required=True, help="the indexed embedding dimension"
+    )
+    tune_cmd.add_argument(
+        "--metric",
+        choices=["cosine", "l2", "inner_product"],
+        default="cosine",
+        help="the index's metric [default: %(default)s]",
+    )
+    tune_cmd.add_argument(
+        "--target-recall",
+        type=float,
+        default=0.95,
+        help="recall@k to reach [default: %(default)s]",
+    )
+    tune_cmd.add_argument("--k", type=int, default=10, help="neighbours [default: %(default)s]")
+    tune_cmd.add_argument(
+        "--sample",
+        type=int,
+        default=100,
+        help="stored vectors used as queries [default: %(default)s]",
+    )
+    tune_cmd.add_argument(
+        "--method", choices=["hnsw", "ivfflat"], help="which index, when both kinds exist"
+    )
+    tune_cmd.add_argument(
+        "--table", default="task_embeddings", help="embeddings table [default: %(default)s]"
+    )
+    tune_cmd.set_defaults(handler=_cmd_tune)
     return parser
 
 

@@ -16,7 +16,7 @@ from urllib.parse import quote
 import platformdirs
 
 from ._embedded import embedded_url
-from ._url import mask_url, parse_url
+from ._url import expand_user, mask_url, parse_url
 from .errors import ConfigError
 
 ENV_URL = "SHAREDDB_URL"
@@ -64,7 +64,7 @@ def default_config_path() -> Path:
     """``$SHAREDDB_CONFIG`` or ``<user config dir>/shareddb/config.toml``."""
     env = os.environ.get(ENV_CONFIG)
     if env:
-        return Path(env).expanduser()
+        return expand_user(env, f"environment variable {ENV_CONFIG}")
     return Path(platformdirs.user_config_dir("shareddb")) / "config.toml"
 
 
@@ -86,7 +86,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> DbConfig:
     the file and key for a bad file.
     """
     explicit = path is not None
-    file = Path(path).expanduser() if path is not None else default_config_path()
+    file = expand_user(path, "config file") if path is not None else default_config_path()
     # Absolute, so that relative paths in the file stay right after a chdir().
     file = file.absolute()
     data = _read_toml(file, required=explicit)
@@ -116,7 +116,12 @@ def _read_toml(file: Path, *, required: bool) -> dict[str, Any] | None:
         return None
     except OSError as e:
         raise ConfigError(
-            f"config file {file} can't be read ({e.strerror}); fix its permissions"
+            f"config file {file} can't be read ({e.strerror}); check the path and its permissions"
+        ) from None
+    except ValueError:  # a NUL byte, or a lone surrogate the file system can't take
+        raise ConfigError(
+            f"config file path {str(file)!r} is not a valid file name (it holds a NUL byte or "
+            "a lone surrogate); pass another path"
         ) from None
     try:
         return tomllib.loads(raw.decode("utf-8-sig"))
@@ -160,7 +165,7 @@ def _url_from_file(data: dict[str, Any], file: Path) -> tuple[str, ConfigSource]
                 f"key sessiondb.sqlite.path in {file} is empty or holds a NUL byte; "
                 "set it to a file path"
             )
-        db_path = Path(raw_path).expanduser()
+        db_path = expand_user(raw_path, f"key sessiondb.sqlite.path in {file}")
         if not db_path.is_absolute() and raw_path != ":memory:":
             db_path = file.parent / db_path  # relative to the config file, not the cwd
         return sqlite_url(db_path), "sessiondb"
@@ -208,7 +213,7 @@ def _embedded_dir(postgres: dict[str, Any], file: Path) -> tuple[Path | None] | 
         raise ConfigError(
             f"key {prefix}data_dir in {file} is empty or holds a NUL byte; set it to a folder"
         )
-    folder = Path(raw).expanduser()
+    folder = expand_user(raw, f"key {prefix}data_dir in {file}")
     if not folder.is_absolute():
         folder = file.parent / folder  # relative to the config file, not the cwd
     return (folder,)

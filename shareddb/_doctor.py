@@ -222,6 +222,14 @@ class Doctor:
                 reason, fix = _explain_libpq(str(e), target)
                 self.add("database", "fail", reason, fix)
                 return None
+            except UnicodeError as e:  # the resolver's IDNA codec refused the host name
+                self.add(
+                    "database",
+                    "fail",
+                    f"can't connect to {target.masked}: the host name is not valid ({e})",
+                    "fix the host name in the url",
+                )
+                return None
         db = DbService(url, schema_dirs=self.schema_dirs, timeout=self.timeout)
         try:
             db.open()

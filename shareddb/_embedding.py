@@ -9,12 +9,12 @@ from __future__ import annotations
 import operator
 import re
 from hashlib import sha1
-from typing import Any, Final, Literal, TypeAlias
+from typing import Any, Final, Literal, TypeAlias, TypeGuard
 
 import numpy as np
 import numpy.typing as npt
 
-from .errors import ConfigError, InvalidEmbeddingError
+from .errors import InvalidArgumentError, InvalidEmbeddingError
 
 Metric: TypeAlias = Literal["cosine", "l2", "inner_product"]
 Method: TypeAlias = Literal["hnsw", "ivfflat"]
@@ -28,9 +28,40 @@ MAX_VECTOR_INDEX_DIMENSION: Final = 2000  # pgvector indexes vector up to 2,000 
 MAX_HALFVEC_INDEX_DIMENSION: Final = 4000  # and halfvec up to 4,000
 MAX_EF_SEARCH: Final = 1000  # pgvector's limit for hnsw.ef_search
 MAX_PROBES: Final = 32_768  # pgvector's limit for ivfflat.probes and lists
+# qualified_task_id and backend are indexed, and a PostgreSQL btree entry holds at most
+# about 2,700 bytes: both backends refuse longer ids and labels the same way.
+MAX_TEXT_BYTES: Final = 2000
+# Tables a VectorStorage must not use: shareddb's own other tables, and names the
+# databases reserve for their catalogs.
+_RESERVED_TABLES: Final = frozenset({"schema_migrations", "sessions", "shareddb_vector_versions"})
+_RESERVED_PREFIXES: Final = ("sqlite_", "pg_")
 # Numeric kinds accepted: signed and unsigned integers and floats (not bool or complex).
 _NUMERIC_KINDS: Final = frozenset("iuf")
 _PLAIN_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_FLOAT32: Final = np.dtype(np.float32)  # numpy's one native float32 dtype object
+_INFINITY: Final = float("inf")
+_dot = np.dot
+
+
+def _ready(value: object) -> TypeGuard[Float32Array]:
+    """True for a 1-D, C-contiguous float32 ndarray of finite numbers, not all zero.
+
+    The fast path of `as_embedding` and `as_query`, for what callers usually pass:
+    one dot product checks both finiteness (NaN and infinity propagate into it)
+    and non-zeroness. An array it can't vouch for (zeros, an overflowing square,
+    another dtype) takes the full checks, which decide.
+    """
+    if (
+        type(value) is np.ndarray
+        and value.dtype is _FLOAT32
+        and value.ndim == 1
+        and value.flags.c_contiguous
+        and 0 < value.shape[0] <= MAX_DIMENSION
+    ):
+        with np.errstate(over="ignore", invalid="ignore"):
+            square = float(_dot(value, value))
+        return 0.0 < square < _INFINITY
+    return False
 
 
 def as_embedding(value: object, *, what: str = "embedding") -> Float32Array:
@@ -40,6 +71,8 @@ def as_embedding(value: object, *, what: str = "embedding") -> Float32Array:
     integer or float dtype). Values are rounded to float32 once, here; a float32
     array comes back as is (no copy).
     """
+    if _ready(value):
+        return value
     if isinstance(value, np.ndarray) and value.dtype == np.float32 and value.ndim == 1:
         array: np.ndarray[Any, Any] = value
     else:
@@ -70,6 +103,19 @@ def as_embedding(value: object, *, what: str = "embedding") -> Float32Array:
             "finite numbers within float32 range (no NaN or infinity)"
         )
     return np.ascontiguousarray(array)
+
+
+def as_query(value: object, metric: object) -> Float32Array:
+    """A search query as `as_embedding` returns it; InvalidEmbeddingError for zeros under cosine."""
+    if _ready(value):
+        return value
+    vector = as_embedding(value, what="query")
+    if metric == "cosine" and not vector.any():
+        raise InvalidEmbeddingError(
+            "query is all zeros, and cosine distance is undefined for a zero vector; "
+            "pass a non-zero query or use metric='l2'"
+        )
+    return vector
 
 
 def as_matrix(value: object, *, what: str = "matrix") -> Float32Array:
@@ -125,40 +171,70 @@ def as_dimension(value: object) -> int:
 
 
 def as_int(value: object, name: str, low: int, high: int) -> int:
-    """A whole-number argument in [low, high], or ConfigError naming it."""
+    """A whole-number argument in [low, high], or InvalidArgumentError naming it."""
     if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise ConfigError(f"{name}={value!r} must be a whole number from {low} to {high:,}")
+        raise InvalidArgumentError(
+            f"{name}={value!r} must be a whole number from {low} to {high:,}"
+        )
     number = operator.index(value)
     if not low <= number <= high:
-        raise ConfigError(f"{name}={number} is out of range; use a number from {low} to {high:,}")
+        raise InvalidArgumentError(
+            f"{name}={number} is out of range; use a number from {low} to {high:,}"
+        )
     return number
 
 
 def check_task_id(value: object) -> str:
-    """A qualified task id: a non-empty str without NUL bytes (``md#253``, ``gh#123``)."""
+    """A qualified task id: non-empty text without NUL bytes, at most MAX_TEXT_BYTES long."""
     if not isinstance(value, str):
-        raise ConfigError(
+        raise InvalidArgumentError(
             f"qualified_task_id {value!r} is a {type(value).__name__}; pass a non-empty str "
             "such as 'md#253'"
         )
     if not value:
-        raise ConfigError("qualified_task_id is empty; pass a non-empty str such as 'md#253'")
-    if "\x00" in value:
-        raise ConfigError(
-            f"qualified_task_id {value!r} contains a NUL byte, which databases can't store "
-            "in text; remove it"
+        raise InvalidArgumentError(
+            "qualified_task_id is empty; pass a non-empty str such as 'md#253'"
         )
+    _check_text("qualified_task_id", value)
     return value
 
 
 def check_backend(value: object) -> str:
-    """An explicit backend label: a str without NUL bytes."""
-    if not isinstance(value, str) or "\x00" in value:
-        raise ConfigError(
+    """An explicit backend label: text without NUL bytes, at most MAX_TEXT_BYTES long."""
+    if not isinstance(value, str):
+        raise InvalidArgumentError(
             f"backend={value!r} must be a str without NUL bytes (or None for the prefix of "
             "the qualified task id before '#')"
         )
+    _check_text("backend", value)
     return value
+
+
+def _check_text(name: str, value: str) -> None:
+    """InvalidArgumentError for NUL bytes, lone surrogates and values too long to index."""
+    if "\x00" in value:
+        raise InvalidArgumentError(
+            f"{name} {_show(value)} contains a NUL byte, which databases can't store in text; "
+            "remove it"
+        )
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidArgumentError(
+            f"{name} {_show(value)} holds a lone surrogate, which is not valid Unicode text; "
+            "decode the text properly"
+        ) from None
+    if size > MAX_TEXT_BYTES:
+        raise InvalidArgumentError(
+            f"{name} {_show(value)} is {size:,} bytes long; it is indexed and may hold at most "
+            f"{MAX_TEXT_BYTES:,} bytes (UTF-8): shorten it"
+        )
+
+
+def _show(value: str) -> str:
+    """`value`'s repr, cut short for messages."""
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:60]}...{text[-10:]} ({len(value):,} chars)"
 
 
 def default_backend(qualified_task_id: str) -> str:
@@ -169,7 +245,7 @@ def default_backend(qualified_task_id: str) -> str:
 
 def check_metric(value: object) -> Metric:
     if value not in METRICS:
-        raise ConfigError(
+        raise InvalidArgumentError(
             f"metric={value!r} is not supported; use one of {', '.join(map(repr, METRICS))}"
         )
     return value
@@ -177,7 +253,7 @@ def check_metric(value: object) -> Metric:
 
 def check_method(value: object) -> Method:
     if value not in METHODS:
-        raise ConfigError(
+        raise InvalidArgumentError(
             f"method={value!r} is not supported; use one of {', '.join(map(repr, METHODS))}"
         )
     return value
@@ -189,10 +265,17 @@ def check_k(value: object) -> int:
 
 def check_table_name(value: object) -> str:
     """A plain SQL identifier: letters, digits and ``_``, not starting with a digit."""
-    if not isinstance(value, str) or not _PLAIN_IDENTIFIER.match(value):
-        raise ConfigError(
-            f"table={value!r} is not a plain identifier; use letters, digits and '_' "
+    if not isinstance(value, str) or not _PLAIN_IDENTIFIER.fullmatch(value):
+        shown = _show(value) if isinstance(value, str) else repr(value)
+        raise InvalidArgumentError(
+            f"table={shown} is not a plain identifier; use letters, digits and '_' "
             "(not starting with a digit, at most 63 characters), e.g. 'task_embeddings'"
+        )
+    if value.lower() in _RESERVED_TABLES or value.lower().startswith(_RESERVED_PREFIXES):
+        raise InvalidArgumentError(
+            f"table={value!r} is reserved (shareddb's own tables and names starting with "
+            "'sqlite_' or 'pg_' are not for embeddings); choose another name, e.g. "
+            "'task_embeddings_v2'"
         )
     return value
 
@@ -211,9 +294,9 @@ def short_name(name: str) -> str:
 
 
 def check_indexable(dimension: int) -> None:
-    """ConfigError for dimensions pgvector can't index (more than 4,000)."""
+    """InvalidArgumentError for dimensions pgvector can't index (more than 4,000)."""
     if dimension > MAX_HALFVEC_INDEX_DIMENSION:
-        raise ConfigError(
+        raise InvalidArgumentError(
             f"dimension {dimension} can't be indexed: pgvector indexes up to "
             f"{MAX_VECTOR_INDEX_DIMENSION:,} dimensions as vector and "
             f"{MAX_HALFVEC_INDEX_DIMENSION:,} as halfvec; search it with exact=True (a "

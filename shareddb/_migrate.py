@@ -127,7 +127,7 @@ def migration_folders(
     """
     folders = {SHAREDDB_NAMESPACE: builtin_schema_dir(backend)}
     for namespace, folder in (schema_dirs or {}).items():
-        if not isinstance(namespace, str) or not _NAMESPACE.match(namespace):
+        if not isinstance(namespace, str) or not _NAMESPACE.fullmatch(namespace):
             raise MigrationError(
                 f"schema_dirs namespace {namespace!r} is not a plain name; use letters, "
                 "digits, '_', '.' or '-' (at most 63 characters)"
@@ -138,8 +138,25 @@ def migration_folders(
                 "migrations; choose your application's name"
             )
         path = Path(folder)
-        folders[namespace] = path / backend if (path / backend).is_dir() else path
+        folders[namespace] = path / backend if _is_dir(namespace, path / backend) else path
     return folders
+
+
+def _is_dir(namespace: str, folder: Path) -> bool:
+    """`folder.is_dir()`, with a path the OS refuses (too long, NUL) as MigrationError."""
+    try:
+        return folder.is_dir()
+    except (OSError, ValueError) as e:
+        raise MigrationError(
+            f"migration folder {_short_path(folder)} for namespace {namespace!r} can't be "
+            f"used ({getattr(e, 'strerror', None) or e}); fix schema_dirs",
+            namespace=namespace,
+        ) from None
+
+
+def _short_path(path: Path) -> str:
+    text = str(path)
+    return text if len(text) <= 200 else f"{text[:150]}...{text[-40:]} ({len(text):,} chars)"
 
 
 def discover(namespace: str, folder: Path) -> list[MigrationFile]:
@@ -148,17 +165,25 @@ def discover(namespace: str, folder: Path) -> list[MigrationFile]:
     Any other ``.sql`` name, or two files with one version, is an error: a file
     that is silently skipped is a migration that silently never runs.
     """
-    if not folder.is_dir():
+    if not _is_dir(namespace, folder):
         raise MigrationError(
-            f"migration folder {folder} for namespace {namespace!r} does not exist; "
-            "create it or fix schema_dirs",
+            f"migration folder {_short_path(folder)} for namespace {namespace!r} does not "
+            "exist; create it or fix schema_dirs",
             namespace=namespace,
         )
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError as e:
+        raise MigrationError(
+            f"migration folder {_short_path(folder)} for namespace {namespace!r} can't be "
+            f"listed ({e.strerror or e}); fix its permissions",
+            namespace=namespace,
+        ) from None
     found: dict[int, MigrationFile] = {}
-    for path in sorted(folder.iterdir()):
+    for path in entries:
         if not path.name.lower().endswith(".sql"):
             continue
-        match = _FILE_NAME.match(path.name)
+        match = _FILE_NAME.fullmatch(path.name)
         if not match:
             raise MigrationError(
                 f"migration file {namespace}/{path.name} is not named NNNN_slug.sql; "
@@ -194,6 +219,13 @@ def discover_all(folders: Mapping[str, Path]) -> list[MigrationFile]:
 def _read_text(namespace: str, path: Path) -> str:
     try:
         return path.read_bytes().decode("utf-8-sig")
+    except OSError as e:
+        raise MigrationError(
+            f"migration file {namespace}/{path.name} can't be read ({e.strerror or e}); fix "
+            "its permissions",
+            namespace=namespace,
+            filename=path.name,
+        ) from None
     except UnicodeDecodeError:
         raise MigrationError(
             f"migration file {namespace}/{path.name} is not UTF-8 text; save it as UTF-8",

@@ -53,6 +53,12 @@ INSERT_LEDGER = (
     "INSERT INTO schema_migrations (namespace, version, name, checksum, execution_ms) "
     "VALUES (%s, %s, %s, %s, %s)"
 )
+# The server runs a statement to its end even when the client died meanwhile, holding
+# the migration lock and the file's transaction: a process killed during a slow file
+# would block every other initialize() until then. With this setting (PostgreSQL 14+)
+# the server looks for its client every second and ends the session when it is gone.
+CHECK_CLIENT = "SELECT set_config('client_connection_check_interval', '1s', false)"
+CHECK_CLIENT_SINCE = 140000
 TRY_LOCK = "SELECT pg_try_advisory_lock(%s)"
 UNLOCK = "SELECT pg_advisory_unlock(%s)"
 LOCK_HOLDER = """\
@@ -86,6 +92,8 @@ def migrate(
     available: a refused run leaves the database as it found it.
     """
     with connect(target, timeout, autocommit=True) as conn:
+        if conn.info.server_version >= CHECK_CLIENT_SINCE:
+            conn.execute(CHECK_CLIENT)
         _lock(conn, target, lock_timeout)
         try:
             fast = read_ledger_fast(conn)

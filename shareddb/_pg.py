@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import logging
+import struct
 from typing import Any
 
+import numpy as np
 import psycopg
+from pgvector import Vector
 from pgvector.psycopg import register_vector
+from psycopg.adapt import Buffer, Dumper
+from psycopg.pq import Format
 
 from ._url import DbTarget
 from .errors import DatabaseUnavailableError, ExtensionMissingError
@@ -18,6 +23,42 @@ MIN_PGVECTOR = (0, 5, 0)
 ITERATIVE_SCAN_PGVECTOR = (0, 8, 0)
 
 PgConnection = psycopg.Connection[tuple[Any, ...]]
+PgCursor = psycopg.Cursor[tuple[Any, ...]]
+
+_VECTOR_HEAD = struct.Struct(">HH")  # dimension, unused
+# The attribute of a pooled connection holding its reusable binary cursor.
+_CURSOR_ATTRIBUTE = "_shareddb_binary_cursor"
+
+
+class VectorBinaryDumper(Dumper):
+    """pgvector's binary dumper, with one numpy conversion for a 1-D array.
+
+    pgvector-python's converts an array through an ``array('f')`` and copies it
+    three times; this one converts to big-endian float32 once. Anything else
+    (a `Vector`, a list) goes through pgvector's own conversion.
+    """
+
+    format = Format.BINARY
+
+    def dump(self, obj: Any) -> Buffer | None:
+        if isinstance(obj, np.ndarray) and obj.ndim == 1:
+            return _VECTOR_HEAD.pack(obj.shape[0], 0) + obj.astype(">f4").tobytes()
+        vector = obj if isinstance(obj, Vector) else Vector(obj)
+        return vector.to_binary()
+
+
+def binary_cursor(conn: PgConnection) -> PgCursor:
+    """A binary cursor kept on one of our pooled connections, reused by later calls.
+
+    Creating a cursor costs more client time than a short query's whole
+    round trip is worth shaving; a pooled connection serves one caller at a
+    time, so its cursor does too. Only for shareddb's own checkouts.
+    """
+    cursor: PgCursor | None = conn.__dict__.get(_CURSOR_ATTRIBUTE)
+    if cursor is None or cursor.closed:
+        cursor = conn.cursor(binary=True)
+        setattr(conn, _CURSOR_ATTRIBUTE, cursor)
+    return cursor
 
 
 def connect_kwargs(target: DbTarget, timeout: float) -> dict[str, Any]:
@@ -39,15 +80,31 @@ def connect(target: DbTarget, timeout: float, *, autocommit: bool = False) -> Pg
         )
     except psycopg.OperationalError as e:
         raise unavailable(target, e) from None
+    except UnicodeError as e:  # the host name resolver's IDNA codec refused the host
+        raise unavailable(target, f"the host name is not valid: {e}") from None
 
 
 def unavailable(target: DbTarget, error: BaseException | str) -> DatabaseUnavailableError:
     """DatabaseUnavailableError naming the masked target and libpq's reason in one line."""
-    reason = " ".join(str(error).split()) or type(error).__name__
     return DatabaseUnavailableError(
-        f"couldn't connect to {target.masked}: {target.scrub(reason)}; check that the "
-        "server is running and accepts connections from this host with these credentials"
+        f"database {target.masked} is unreachable: couldn't connect ({_reason(target, error)}); "
+        "check that the server is running and accepts connections from this host with "
+        "these credentials"
     )
+
+
+def lost_connection(target: DbTarget, error: BaseException | str) -> DatabaseUnavailableError:
+    """DatabaseUnavailableError for a connection that broke while it was in use."""
+    return DatabaseUnavailableError(
+        f"database {target.masked} is unreachable: the connection was lost while in use "
+        f"({_reason(target, error)}); the transaction was rolled back unless the loss came "
+        "during its commit; check that the server is running, then retry"
+    )
+
+
+def _reason(target: DbTarget, error: BaseException | str) -> str:
+    reason = " ".join(str(error).split()) or type(error).__name__
+    return target.scrub(reason)
 
 
 def register_types(conn: PgConnection) -> bool:
@@ -59,6 +116,10 @@ def register_types(conn: PgConnection) -> bool:
         registered = False
     else:
         registered = True
+        info = conn.adapters.types.get("vector")
+        if info is not None:  # replace pgvector's binary dumper of numpy arrays
+            dumper = type("VectorBinaryDumper", (VectorBinaryDumper,), {"oid": info.oid})
+            conn.adapters.register_dumper("numpy.ndarray", dumper)
     if not conn.autocommit:
         conn.rollback()  # the pool wants configured connections idle
     return registered

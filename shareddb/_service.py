@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import select
 import sqlite3
 import threading
 import time
@@ -15,10 +16,18 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
 import psycopg
+from psycopg.pq import TransactionStatus
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from . import _embedded, _migrate, _migrate_pg, _migrate_sqlite
-from ._pg import PgConnection, connect, connect_kwargs, register_types, unavailable
+from ._pg import (
+    PgConnection,
+    connect,
+    connect_kwargs,
+    lost_connection,
+    register_types,
+    unavailable,
+)
 from ._url import BackendType, DbTarget, parse_url
 from .errors import ConfigError, DatabaseUnavailableError, MigrationError, ShareddbError
 
@@ -30,9 +39,43 @@ logger = logging.getLogger("shareddb")
 # What connection() yields: psycopg.Connection on PostgreSQL, sqlite3.Connection on SQLite.
 Connection = Any
 
+# A wait for a pooled connection is cut into slices of this many seconds (see _checkout).
+_POOL_WAIT_SLICE = 1.0
+# Longest psycopg_pool keeps retrying one lost connection before giving up (it tries
+# again as soon as a client asks for a connection).
+_RECONNECT_TIMEOUT = 5.0
+
+IDLE = TransactionStatus.IDLE
+
 # Pools and SQLite connections a forked child inherited and let go of in close(): kept
 # referenced so that garbage collection never closes what the parent still uses.
 _inherited: list[tuple[object, object]] = []
+
+
+def _usable(conn: PgConnection) -> bool:
+    """False for a pooled connection whose server went away while it sat idle.
+
+    An idle connection's socket has nothing to read unless the server closed it (or
+    sent a message before closing it): a poll that does not wait costs one system
+    call, and only a readable socket costs a round trip to the server.
+    """
+    if conn.closed or conn.broken:
+        return False
+    try:
+        if not _readable(conn.fileno()):
+            return True
+        ConnectionPool.check_connection(conn)
+    except (psycopg.Error, OSError, ValueError):
+        return False
+    return True
+
+
+def _readable(fd: int) -> bool:
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return bool(poller.poll(0))
+    return bool(select.select([fd], [], [], 0)[0])  # pragma: no cover - Windows
 
 
 def _enable_wal(conn: sqlite3.Connection, timeout: float) -> None:
@@ -57,6 +100,48 @@ def _enable_wal(conn: sqlite3.Connection, timeout: float) -> None:
                 raise
         time.sleep(delay)
         delay = min(delay * 2, 0.1)
+
+
+class _Autocommit:
+    """The context manager of `DbService._autocommit()`: a class, cheaper than a generator."""
+
+    __slots__ = ("_conn", "_db", "_pool")
+
+    def __init__(self, db: DbService) -> None:
+        self._db = db
+
+    def __enter__(self) -> PgConnection:
+        db = self._db
+        pool = db._pool
+        if pool is None or db._pid != os.getpid():
+            db._ensure_open()
+            pool = db._pool
+            if pool is None:
+                raise ShareddbError(f"{db!r} is not a PostgreSQL service")
+        conn, pooled = db._checkout(pool)
+        if not conn.autocommit:
+            try:
+                conn.autocommit = True  # left out of autocommit by a raw user of the pool
+            except BaseException:
+                db._release(conn, pool if pooled else None)
+                raise
+        self._conn = conn
+        self._pool = pool if pooled else None
+        return conn
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        conn = self._conn
+        db = self._db
+        try:
+            if isinstance(exc, psycopg.OperationalError) and conn.broken:
+                raise lost_connection(db._target, exc) from exc
+        finally:
+            db._release(conn, self._pool)
 
 
 class DbService:
@@ -101,6 +186,10 @@ class DbService:
         self._open_lock = threading.Lock()
         self._pid: int | None = None
         self._pool: ConnectionPool[PgConnection] | None = None
+        # Connections of the pool checked out through connection(), to tell a pool
+        # that is full from one that lost its connections.
+        self._in_use = 0
+        self._in_use_lock = threading.Lock()
         self._vector_types_missing = False
         self._pgvector_version: str | None = None
         self._sqlite: sqlite3.Connection | None = None
@@ -172,6 +261,8 @@ class DbService:
                 _inherited.append((pool, conn))
                 self._sqlite_lock = threading.RLock()
                 self._sqlite_depth = 0
+                self._in_use_lock = threading.Lock()
+                self._in_use = 0
                 self._pid = None
                 logger.debug("forgot %r inherited across fork()", self)
                 return
@@ -200,6 +291,10 @@ class DbService:
 
     def _open_pool(self) -> ConnectionPool[PgConnection]:
         def configure(conn: PgConnection) -> None:
+            # Pooled connections rest in autocommit mode: a single statement (a search,
+            # a one-row write) is one round trip with no mode switches, and
+            # connection() switches to a transaction for its block and back.
+            conn.autocommit = True
             if not register_types(conn):
                 self._vector_types_missing = True
 
@@ -210,6 +305,10 @@ class DbService:
             timeout=self._timeout,
             kwargs=connect_kwargs(self._target, self._timeout),
             configure=configure,
+            # psycopg_pool retries a failed connection with a delay that doubles each
+            # time; bounded, a pool that lost its server tries again within a second
+            # or two of the server's return, not minutes later.
+            reconnect_timeout=min(self._timeout, _RECONNECT_TIMEOUT),
             name="shareddb",
             open=False,
         )
@@ -264,7 +363,10 @@ class DbService:
         """The underlying client: the psycopg `ConnectionPool`, or the `sqlite3.Connection`.
 
         Prefer `connection()`: on SQLite it serialises threads and manages the
-        transaction; raw use of the sqlite3 connection bypasses both.
+        transaction; raw use of the sqlite3 connection bypasses both. The pool's
+        connections are in autocommit mode (each statement commits on its own, as
+        after ``psycopg.connect(..., autocommit=True)``): open ``conn.transaction()``
+        for a transaction on one, and leave it in autocommit mode when returning it.
         """
         self._ensure_open()
         if self._pool is not None:
@@ -301,29 +403,112 @@ class DbService:
         return self.connection()
 
     @contextmanager
-    def _pg_connection(self, *, autocommit: bool = False) -> Iterator[PgConnection]:
-        assert self._pool is not None
+    def _pg_connection(self) -> Iterator[PgConnection]:
+        pool = self._pool
+        assert pool is not None
+        conn, pooled = self._checkout(pool)
         try:
-            with self._pool.connection() as conn:
-                conn.autocommit = autocommit
-                try:
+            # Out of autocommit for the block: the first statement starts the
+            # transaction (psycopg sends BEGIN), and the caller may commit() in it.
+            conn.autocommit = False
+            try:
+                # Commit on success, roll back on error; a pooled connection stays open,
+                # a direct one (see _checkout) is closed.
+                with conn:
                     yield conn
-                except psycopg.OperationalError as e:
-                    if conn.broken:
-                        raise unavailable(self._target, e) from e
-                    raise
-                finally:
-                    if not conn.broken and autocommit:
-                        conn.autocommit = False
-        except PoolTimeout:
-            raise self._no_connection() from None
+            except psycopg.OperationalError as e:
+                # Also covers a connection lost during the commit itself.
+                if conn.broken:
+                    raise lost_connection(self._target, e) from e
+                raise
+            finally:
+                if not conn.closed and conn.info.transaction_status == IDLE:
+                    conn.autocommit = True  # how pooled connections rest
+        finally:
+            self._release(conn, pool if pooled else None)
 
-    def _no_connection(self) -> DatabaseUnavailableError:
-        """Tell an unreachable server from a pool whose connections are all in use."""
+    def _autocommit(self) -> _Autocommit:
+        """``with db._autocommit() as conn``: a pooled connection in autocommit mode.
+
+        For domain code that runs single statements (each commits on its own, one
+        round trip each, no BEGIN / COMMIT): the lean path of searches and one-row
+        writes. Errors as in `connection()`: DatabaseUnavailableError when the
+        server can't be reached or the connection breaks while in use.
+        """
+        return _Autocommit(self)
+
+    def _release(self, conn: PgConnection, pool: ConnectionPool[PgConnection] | None) -> None:
+        """Give back what `_checkout` handed out: to its pool, or close a direct connection."""
+        with self._in_use_lock:
+            self._in_use -= 1
+        if pool is not None:
+            pool.putconn(conn)
+        else:
+            conn.close()
+
+    def _checkout(self, pool: ConnectionPool[PgConnection]) -> tuple[PgConnection, bool]:
+        """A live connection within `timeout` and whether it is pooled, or an error saying why.
+
+        The wait is cut in slices. After a slice without a connection while the pool
+        still has room, one direct connection attempt tells a server that is down
+        (its reason is raised at the deadline) from one that is back while the pool
+        still waits to reconnect (psycopg_pool retries lost connections with a
+        growing delay): rather than fail then, the call runs on that direct
+        connection, which is closed afterwards. Connections whose server went away
+        while they sat idle are dropped here, so the first calls after a restart
+        don't fail on them.
+        """
+        deadline = time.monotonic() + self._timeout
+        down: DatabaseUnavailableError | None = None
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                conn = pool.getconn(timeout=max(min(remaining, _POOL_WAIT_SLICE), 0.001))
+            except PoolTimeout:
+                with self._in_use_lock:
+                    full = self._in_use >= self._max_size
+                if full:
+                    down = None
+                else:
+                    probe, down = self._probe(deadline)
+                    if probe is not None:
+                        if time.monotonic() < deadline:
+                            probe.close()  # the pool will reconnect now: ask it again
+                        else:
+                            logger.info("serving a call on a direct connection to %s", self.url)
+                            with self._in_use_lock:
+                                self._in_use += 1
+                            return probe, False
+                if time.monotonic() >= deadline:
+                    raise self._no_connection(down) from None
+                continue
+            if _usable(conn):
+                with self._in_use_lock:
+                    self._in_use += 1
+                return conn, True
+            logger.info("dropping a pooled connection to %s that the server closed", self.url)
+            pool.putconn(conn)  # broken: the pool closes it and opens another
+
+    def _probe(
+        self, deadline: float
+    ) -> tuple[PgConnection | None, DatabaseUnavailableError | None]:
+        """A direct connection, configured like the pool's, or the reason there is none."""
+        budget = min(max(deadline - time.monotonic(), 1.0), 5.0)
         try:
-            connect(self._target, min(self._timeout, 5.0)).close()
+            conn = connect(self._target, budget, autocommit=True)
         except DatabaseUnavailableError as e:
-            return e
+            return None, e
+        try:
+            register_types(conn)
+        except psycopg.Error as e:
+            conn.close()
+            return None, unavailable(self._target, e)
+        return conn, None
+
+    def _no_connection(self, down: DatabaseUnavailableError | None) -> DatabaseUnavailableError:
+        """Tell an unreachable server from a pool whose connections are all in use."""
+        if down is not None:
+            return down
         return DatabaseUnavailableError(
             f"couldn't get a connection to {self._target.masked} after {self._timeout:.2f} "
             f"sec: all {self._max_size} connections of the pool are in use; return "
@@ -404,7 +589,7 @@ class DbService:
         self, files: list[_migrate.MigrationFile], lock_timeout: float
     ) -> _migrate.MigrationReport:
         assert self._pool is not None
-        with self._pg_connection(autocommit=True) as conn:
+        with self._autocommit() as conn:
             fast = _migrate_pg.read_ledger_fast(conn)
         if fast is not None:
             ledger, pgvector = fast
@@ -450,7 +635,7 @@ class DbService:
         files = self._migration_files()
         ledger: list[_migrate.LedgerRow] = []
         if self._pool is not None:
-            with self._pg_connection(autocommit=True) as conn:
+            with self._autocommit() as conn:
                 fast = _migrate_pg.read_ledger_fast(conn)
             ledger = fast[0] if fast else []
         else:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote, unquote
 
 import psycopg.conninfo
 
@@ -20,7 +21,8 @@ _SQLITE_PREFIX = "sqlite:///"
 _PG_SCHEMES = ("postgresql://", "postgres://")
 _QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
 _RAW_QUERY_PASSWORD = re.compile(r"[?&]password=([^&#]*)", re.IGNORECASE)
-_RAW_USERINFO = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://([^/?#]*)@")
+# The user info as loosely as it may be written: up to the last '@' before any '?' or '#'.
+_RAW_USERINFO = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://([^?#]*)@")
 
 
 @dataclass(frozen=True)
@@ -58,17 +60,38 @@ class DbTarget:
         return text
 
 
+def expand_user(path: str | os.PathLike[str], what: str) -> Path:
+    """`Path(path).expanduser()`, with a ``~user`` that names no known user as ConfigError."""
+    try:
+        return Path(path).expanduser()
+    except RuntimeError:  # no such user, or no home folder to expand "~" to
+        raise ConfigError(
+            f"{what} {str(path)!r} starts with '~', but that home folder can't be found; "
+            "write the full path"
+        ) from None
+
+
 def parse_url(url: str) -> DbTarget:
     """Parse a shareddb URL, raising ConfigError with the accepted forms."""
     if not isinstance(url, str) or not url:
+        # Not the value itself: bytes or an object's repr may hold a password.
+        got = "an empty str" if isinstance(url, str) else f"a {type(url).__name__}"
         raise ConfigError(
-            f"database url {url!r} is empty or not a string; use sqlite:///path.db "
-            "or postgresql://user@host/db"
+            f"database url is empty or not a string (got {got}); use sqlite:///path.db or "
+            "postgresql://user@host/db"
         )
     if "\x00" in url:
         raise ConfigError(
             f"database url {mask_url(url)!r} contains a NUL byte; remove it from the url"
         )
+    try:
+        url.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigError(
+            f"database url {mask_url(url)!r} holds a lone surrogate, which is not valid "
+            "Unicode text; decode the url properly (a file name that is not UTF-8 can't be named "
+            "in a url: rename the file)"
+        ) from None
     if url.startswith(_SQLITE_PREFIX):
         return _parse_sqlite(url)
     if url.startswith(EMBEDDED_PREFIX):
@@ -86,7 +109,7 @@ def _parse_sqlite(url: str) -> DbTarget:
     raw = url[len(_SQLITE_PREFIX) :]
     if "?" in raw or "#" in raw:
         raise ConfigError(
-            f"sqlite url {url!r} has a query or fragment; shareddb takes none, "
+            f"sqlite url {mask_url(url)!r} has a query or fragment; shareddb takes none, "
             "remove everything from '?' or '#'"
         )
     path = unquote(raw)
@@ -98,7 +121,7 @@ def _parse_sqlite(url: str) -> DbTarget:
     if path == ":memory:":
         return DbTarget(url=url, backend="sqlite", sqlite_path=None)
     # "~" is expanded, as in configuration paths and embedded PostgreSQL urls.
-    return DbTarget(url=url, backend="sqlite", sqlite_path=Path(path).expanduser())
+    return DbTarget(url=url, backend="sqlite", sqlite_path=expand_user(path, "sqlite url path"))
 
 
 def _parse_embedded(url: str) -> DbTarget:
@@ -106,12 +129,13 @@ def _parse_embedded(url: str) -> DbTarget:
     raw = url[len(EMBEDDED_PREFIX) :]
     if "?" in raw or "#" in raw or (raw and not raw.startswith("/")):
         raise ConfigError(
-            f"embedded postgresql url {url!r} is not of the form postgresql+embedded:///dir; "
+            f"embedded postgresql url {mask_url(url)!r} is not of the form "
+            "postgresql+embedded:///dir; "
             "use postgresql+embedded:///relative/dir, postgresql+embedded:////absolute/dir "
             "or postgresql+embedded:// for the default folder"
         )
     path = unquote(raw[1:])
-    folder = Path(path).expanduser() if path else default_data_dir()
+    folder = expand_user(path, "embedded postgresql data folder") if path else default_data_dir()
     return DbTarget(url=url, backend="postgres", embedded_dir=folder)
 
 
@@ -130,32 +154,53 @@ def _parse_postgres(url: str) -> DbTarget:
 
 
 def _scrub_raw_passwords(text: str, url: str) -> str:
-    """`text` with `url` masked and every password as written in `url` (raw or decoded) hidden."""
+    """`text` with `url` masked and every password as written in `url` (raw or decoded) hidden.
+
+    libpq quotes the token it could not parse, which may be a piece of a password (a
+    password with a raw ``/`` or space, say): a quoted token that overlaps a password
+    in `url`, or that can't be found in it, is hidden too.
+    """
     text = text.replace(url, mask_url(url))
-    secrets = _RAW_QUERY_PASSWORD.findall(url)
-    userinfo = _RAW_USERINFO.match(url)
-    if userinfo and ":" in userinfo.group(1):
-        secrets.append(userinfo.group(1).split(":", 1)[1])
-    for secret in sorted(set(secrets), key=len, reverse=True):
+    spans = _secret_spans(url)
+    for secret in sorted({url[a:b] for a, b in spans}, key=len, reverse=True):
         for form in (secret, unquote(secret)):
             if form:
                 text = text.replace(form, MASK)
-    return text
+
+    def hide(match: re.Match[str]) -> str:
+        token = match.group(1)
+        if not token or token == MASK:
+            return match.group(0)
+        found = [m.start() for m in re.finditer(re.escape(token), url)]
+        overlaps = any(a < start + len(token) and start < b for start in found for a, b in spans)
+        return f'"{MASK}"' if overlaps or not found else match.group(0)
+
+    return re.sub(r'"([^"]*)"', hide, text)
+
+
+def _secret_spans(url: str) -> list[tuple[int, int]]:
+    """Where passwords are written in `url`: ``?password=`` values and the user info's."""
+    spans = [m.span(1) for m in _RAW_QUERY_PASSWORD.finditer(url)]
+    userinfo = _RAW_USERINFO.match(url)
+    if userinfo and ":" in userinfo.group(1):
+        spans.append((userinfo.start(1) + userinfo.group(1).index(":") + 1, userinfo.end(1)))
+    return spans
 
 
 def mask_url(url: str) -> str:
-    """Return `url` with the password in its user info or query replaced by ``***``."""
+    """Return `url` with the password in its user info or query replaced by ``***``.
+
+    A password written with a raw ``/`` or ``@`` hides the URL's structure; then
+    everything from the user name's ``:`` to the last ``@`` before any ``?`` is masked,
+    which may hide more than the password but never less.
+    """
     if not isinstance(url, str):
         return repr(url)
     masked = _QUERY_PASSWORD.sub(rf"\g<1>{MASK}", url)
-    try:
-        parts = urlsplit(masked)
-    except ValueError:
-        return re.sub(r"//[^@/]*@", f"//{MASK}@", masked)
-    userinfo, at, hosts = parts.netloc.rpartition("@")
-    if not at or ":" not in userinfo:
-        return masked
-    user = userinfo.split(":", 1)[0]
-    return masked.replace(
-        f"{parts.scheme}://{parts.netloc}", f"{parts.scheme}://{user}:{MASK}@{hosts}", 1
-    )
+    if url.startswith(_SQLITE_PREFIX):
+        return masked  # a file path: ':' and '@' are part of the name
+    loose = _RAW_USERINFO.match(masked)
+    if loose and ":" in loose.group(1):
+        user = loose.group(1).split(":", 1)[0]
+        return f"{masked[: loose.start(1)]}{user}:{MASK}@{masked[loose.end() :]}"
+    return masked

@@ -11,12 +11,13 @@ import numpy as np
 
 from ._embedding import (
     MAX_DIMENSION,
+    MAX_TEXT_BYTES,
     Float32Array,
     as_embedding,
     as_matrix,
     check_task_id,
 )
-from .errors import ConfigError, DimensionMismatchError
+from .errors import DimensionMismatchError, InvalidArgumentError
 
 # A batch holds at most this many rows and about this many bytes of vectors.
 BATCH_ROWS: Final = 50_000
@@ -94,7 +95,7 @@ def iter_batches(items: object) -> Iterator[Batch]:
         assert isinstance(items, tuple | list)
         return _matrix_batches(items[0], items[1])
     if isinstance(items, str | bytes | np.ndarray) or not isinstance(items, Iterable):
-        raise ConfigError(
+        raise InvalidArgumentError(
             f"upsert_many() takes an iterable of (qualified_task_id, embedding) pairs or a "
             f"pair (ids, matrix) with a 2-D numpy array, not {type(items).__name__}"
         )
@@ -103,13 +104,13 @@ def iter_batches(items: object) -> Iterator[Batch]:
 
 def _matrix_batches(ids: object, matrix: np.ndarray[Any, Any]) -> Iterator[Batch]:
     if isinstance(ids, str | bytes) or not isinstance(ids, Iterable):
-        raise ConfigError(
+        raise InvalidArgumentError(
             f"upsert_many((ids, matrix)): ids is a {type(ids).__name__}; pass a sequence of "
             "qualified task ids, one per row of the matrix"
         )
     rows, dimension = matrix.shape
     if isinstance(ids, list | tuple | np.ndarray) and len(ids) != rows:
-        raise ConfigError(
+        raise InvalidArgumentError(
             f"upsert_many((ids, matrix)) got {len(ids)} ids for a matrix of {rows} rows; "
             "pass one id per row"
         )
@@ -120,7 +121,7 @@ def _matrix_batches(ids: object, matrix: np.ndarray[Any, Any]) -> Iterator[Batch
         stop = min(start + step, rows)
         batch_ids = checked_ids(list(itertools.islice(id_iter, stop - start)))
         if len(batch_ids) < stop - start:
-            raise ConfigError(
+            raise InvalidArgumentError(
                 f"upsert_many((ids, matrix)) got {start + len(batch_ids)} ids for a matrix of "
                 f"{rows} rows; pass one id per row"
             )
@@ -133,16 +134,26 @@ def _matrix_batches(ids: object, matrix: np.ndarray[Any, Any]) -> Iterator[Batch
             first=start,
         )
     if next(id_iter, _MISSING) is not _MISSING:
-        raise ConfigError(
+        raise InvalidArgumentError(
             f"upsert_many((ids, matrix)) got more ids than the matrix's {rows} rows; "
             "pass one id per row"
         )
 
 
 def checked_ids(ids: list[Any]) -> list[str]:
-    """`ids` (in place) after checking each is a non-empty str without NUL bytes."""
+    """`ids` (in place) after checking each as `check_task_id` does.
+
+    The usual id, a short ASCII str without NUL, passes inline; ASCII can't hold a lone
+    surrogate. Anything else gets the full check.
+    """
     for position, task_id in enumerate(ids):
-        if type(task_id) is not str or not task_id or "\x00" in task_id:
+        if (
+            type(task_id) is not str
+            or not task_id
+            or "\x00" in task_id
+            or len(task_id) > MAX_TEXT_BYTES
+            or not task_id.isascii()
+        ):
             ids[position] = str(check_task_id(task_id))  # raises, or a str subclass
     return ids
 
@@ -159,18 +170,24 @@ def _pair_batches(items: Iterable[Any]) -> Iterator[Batch]:
     first = 0
     for position, item in enumerate(items):
         if type(item) is not tuple and (not isinstance(item, tuple | list) or len(item) != 2):
-            raise ConfigError(
+            raise InvalidArgumentError(
                 f"upsert_many() item {position} is {_short(item)}; each item must be a pair "
                 "(qualified_task_id, embedding)"
             )
         try:
             task_id, vector = item
         except ValueError:
-            raise ConfigError(
+            raise InvalidArgumentError(
                 f"upsert_many() item {position} is {_short(item)}; each item must be a pair "
                 "(qualified_task_id, embedding)"
             ) from None
-        if type(task_id) is not str or not task_id or "\x00" in task_id:
+        if (  # as in checked_ids
+            type(task_id) is not str
+            or not task_id
+            or "\x00" in task_id
+            or len(task_id) > MAX_TEXT_BYTES
+            or not task_id.isascii()
+        ):
             task_id = str(check_task_id(task_id))
         if not (
             type(vector) is np.ndarray and vector.ndim == 1 and vector.dtype.kind in "iuf"

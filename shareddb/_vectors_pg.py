@@ -24,13 +24,14 @@ Round trips are what a search costs beyond the server's own work, so:
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import struct
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, Final, LiteralString
 
 import numpy as np
@@ -48,9 +49,9 @@ from ._embedding import (
     short_name,
     vector_index_name,
 )
-from ._pg import ITERATIVE_SCAN_PGVECTOR, PgConnection, version_tuple
+from ._pg import ITERATIVE_SCAN_PGVECTOR, PgConnection, binary_cursor, version_tuple
 from ._vector_batches import Batch
-from .errors import ConfigError, DimensionMismatchError
+from .errors import DimensionMismatchError, InvalidArgumentError
 from .vectors import IndexInfo, SearchResult
 
 logger = logging.getLogger("shareddb.vectors")
@@ -82,6 +83,9 @@ _INT32 = struct.Struct(">i")
 _DIMENSION_AND_VECTOR_HEAD = struct.Struct(">iiiHH")  # len 4, dimension, len, dim, unused
 
 STAGING: Final = sql.Identifier("shareddb_vector_staging")
+
+# A result row (id, distance) as a SearchResult without a Python-level call per row.
+_search_result: Final = functools.partial(tuple.__new__, SearchResult)
 
 UPSERT: Final = sql.SQL(
     "INSERT INTO {table} AS t (qualified_task_id, backend, dimension, embedding) "
@@ -166,22 +170,20 @@ class PgVectors:
 
     # -- plumbing ----------------------------------------------------------------------
 
-    @contextmanager
-    def _connection(self, conn: PgConnection | None, *, autocommit: bool) -> Iterator[PgConnection]:
-        """The caller's connection, or a pooled one (autocommit: one statement, one trip)."""
+    def _connection(
+        self, conn: PgConnection | None, *, autocommit: bool
+    ) -> AbstractContextManager[PgConnection]:
+        """The caller's connection, or a pooled one (autocommit: one statement, one trip).
+
+        Pooled connections rest in autocommit mode, so the autocommit checkout
+        switches nothing; otherwise `DbService.connection()` wraps the block in a
+        transaction.
+        """
         if conn is not None:
-            yield conn
-            return
-        with self._db.connection() as own:
-            if not autocommit:
-                yield own
-                return
-            own.autocommit = True
-            try:
-                yield own
-            finally:
-                if not own.closed and own.info.transaction_status == IDLE:
-                    own.autocommit = False
+            return nullcontext(conn)
+        if autocommit:
+            return self._db._autocommit()  # type: ignore[no-any-return]
+        return self._db.connection()  # type: ignore[no-any-return]
 
     def _statement(self, key: tuple[Any, ...], build: Any) -> bytes:
         """A composed statement rendered to bytes once per key (psycopg then caches its parse)."""
@@ -288,7 +290,7 @@ class PgVectors:
 
     def get(self, task_id: str, conn: PgConnection | None) -> Float32Array | None:
         with self._connection(conn, autocommit=True) as c:
-            cursor = c.cursor(binary=True)
+            cursor = c.cursor(binary=True) if conn is not None else binary_cursor(c)
             row = cursor.execute(self._simple("get", GET), (task_id,)).fetchone()
         if row is None:
             return None
@@ -356,17 +358,28 @@ class PgVectors:
         probes: int | None,
         conn: PgConnection | None,
     ) -> list[SearchResult]:
-        with self._connection(conn, autocommit=True) as c:
-            search, params, settings, _ = self._plan(
-                c, query, k, metric, backend, exact, ef_search, probes
-            )
-            if settings and not (c.autocommit and c.info.transaction_status == IDLE):
-                rows = _in_rolled_back_savepoint(c, search, params)
-            else:  # one autocommitted statement: its settings end with it
-                rows = c.cursor(binary=True).execute(search, params).fetchall()
-            if not rows:
-                self._check_dimension(c, query.shape[0])
-        return [SearchResult(task_id, distance) for task_id, distance in rows]
+        if conn is None:
+            # The lean path: a pooled connection resting in autocommit mode, its
+            # reused binary cursor, one autocommitted statement (its settings end
+            # with it), one round trip.
+            with self._db._autocommit() as c:
+                search, params, _, _ = self._plan(
+                    c, query, k, metric, backend, exact, ef_search, probes
+                )
+                rows = binary_cursor(c).execute(search, params).fetchall()
+                if not rows:
+                    self._check_dimension(c, query.shape[0])
+            return list(map(_search_result, rows))
+        search, params, settings, _ = self._plan(
+            conn, query, k, metric, backend, exact, ef_search, probes
+        )
+        if settings and not (conn.autocommit and conn.info.transaction_status == IDLE):
+            rows = _in_rolled_back_savepoint(conn, search, params)
+        else:  # one autocommitted statement: its settings end with it
+            rows = conn.cursor(binary=True).execute(search, params).fetchall()
+        if not rows:
+            self._check_dimension(conn, query.shape[0])
+        return list(map(_search_result, rows))
 
     def _check_dimension(self, conn: PgConnection, dimension: int) -> None:
         """After an empty result: DimensionMismatchError if only other dimensions are stored."""
@@ -426,7 +439,7 @@ class PgVectors:
         conn: PgConnection | None,
     ) -> str:
         if concurrently and conn is not None:
-            raise ConfigError(
+            raise InvalidArgumentError(
                 "create_index(concurrently=True) can't run inside a transaction (conn=); "
                 "call it without conn="
             )
@@ -445,7 +458,7 @@ class PgVectors:
                     logger.debug("index %s exists; nothing to build", name)
                     return name
                 if existing.valid:
-                    raise ConfigError(
+                    raise InvalidArgumentError(
                         f"index {name} exists with {_describe(existing.parameters)}, not "
                         f"{_describe(parameters)}; drop_index({name!r}) first to rebuild it"
                     )
@@ -475,7 +488,7 @@ class PgVectors:
 
     def drop_index(self, name: str, concurrently: bool, conn: PgConnection | None) -> None:
         if concurrently and conn is not None:
-            raise ConfigError(
+            raise InvalidArgumentError(
                 "drop_index(concurrently=True) can't run inside a transaction (conn=); "
                 "call it without conn="
             )
@@ -483,7 +496,7 @@ class PgVectors:
             found = next((i for i in self._index_rows(c) if i[0].name == name), None)
             if found is None:
                 known = ", ".join(i.name for i in self._indexes(c)) or "none"
-                raise ConfigError(
+                raise InvalidArgumentError(
                     f"{name!r} is not a vector index of table {self._table} (its vector "
                     f"indexes: {known}); see indexes()"
                 )
@@ -772,12 +785,14 @@ def copy_chunks(batch: Batch) -> Iterator[bytes]:
 
     Each row: 4 fields; text id; text backend; int4 dimension; vector (uint16
     dimension, uint16 unused, big-endian float32 values), as pgvector's vector_recv
-    reads it. Vectors are converted to big-endian once per batch with numpy; the
-    only per-row Python work is the row's small header.
+    reads it. Vectors are converted to big-endian with numpy; the only per-row
+    Python work is the row's small header. Chunks are built one at a time, so the
+    server inserts the first rows while the next chunk is being built.
     """
     n = len(batch)
+    yield COPY_SIGNATURE
     if n == 0:
-        yield COPY_SIGNATURE + COPY_TRAILER
+        yield COPY_TRAILER
         return
     backend_fields = {
         b: _INT32.pack(len(e)) + e for b in set(batch.backends) for e in (b.encode(),)
@@ -786,29 +801,33 @@ def copy_chunks(batch: Batch) -> Iterator[bytes]:
         d: _DIMENSION_AND_VECTOR_HEAD.pack(4, d, 4 + 4 * d, d, 0) for d in set(batch.dimensions)
     }
     pack_head = _ROW_HEAD.pack
-    heads = [
-        pack_head(4, len(e)) + e + backend_fields[b] + tails[d]
-        for e, b, d in zip(
-            (i.encode() for i in batch.ids), batch.backends, batch.dimensions, strict=True
-        )
-    ]
-    values: list[Any]
-    if batch.matrix is not None:
-        big_endian = np.ascontiguousarray(batch.matrix, dtype=">f4")
-        width = big_endian.shape[1] * 4
-        flat = big_endian.reshape(-1).view(np.uint8).data
-        values = [flat[start : start + width] for start in range(0, n * width, width)]
-    else:
-        assert batch.vectors is not None
-        values = [v.astype(">f4").tobytes() for v in batch.vectors]
-    parts: list[Any] = [None] * (2 * n)
-    parts[0::2] = heads
-    parts[1::2] = values
-    row_size = max(1, (len(heads[0]) + len(values[0])))
-    step = 2 * max(1, COPY_CHUNK // row_size)
-    yield COPY_SIGNATURE
-    for start in range(0, 2 * n, step):
-        yield b"".join(parts[start : start + step])
+    ids, backends, dimensions = batch.ids, batch.backends, batch.dimensions
+    matrix, vectors = batch.matrix, batch.vectors
+    average = 4 * sum(dimensions[:64]) // min(n, 64) + 64
+    step = max(1, COPY_CHUNK // average)
+    for start in range(0, n, step):
+        stop = min(start + step, n)
+        values: list[Any]
+        if matrix is not None:
+            block = np.ascontiguousarray(matrix[start:stop], dtype=">f4")
+            width = block.shape[1] * 4
+            flat = block.reshape(-1).view(np.uint8).data
+            values = [flat[i : i + width] for i in range(0, (stop - start) * width, width)]
+        else:
+            assert vectors is not None
+            values = [v.astype(">f4").tobytes() for v in vectors[start:stop]]
+        parts: list[Any] = [None] * (2 * (stop - start))
+        parts[0::2] = [
+            pack_head(4, len(e)) + e + backend_fields[b] + tails[d]
+            for e, b, d in zip(
+                (i.encode() for i in ids[start:stop]),
+                backends[start:stop],
+                dimensions[start:stop],
+                strict=True,
+            )
+        ]
+        parts[1::2] = values
+        yield b"".join(parts)
     yield COPY_TRAILER
 
 
@@ -917,12 +936,8 @@ def _watch_progress(pool: ConnectionPool[Any], pid: int, name: str, stop: thread
         return
     while not stop.is_set():
         try:
-            with pool.connection(timeout=2.0) as conn:
-                conn.autocommit = True
-                try:
-                    row = conn.execute(PROGRESS, (pid,)).fetchone()
-                finally:
-                    conn.autocommit = False
+            with pool.connection(timeout=2.0) as conn:  # in autocommit mode, as all of ours
+                row = conn.execute(PROGRESS, (pid,)).fetchone()
         except (PoolTimeout, psycopg.Error) as e:
             logger.debug("no progress for index %s: %s", name, e)
             row = None

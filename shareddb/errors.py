@@ -17,6 +17,10 @@ class ConfigError(ShareddbError, ValueError):
     """A configuration file, URL or argument is invalid."""
 
 
+class InvalidArgumentError(ShareddbError, ValueError):
+    """An argument to a shareddb method is invalid: an id, `k`, a metric, a table name, …"""
+
+
 class DatabaseUnavailableError(ShareddbError):
     """The database could not be reached, or no connection was free in time."""
 
@@ -66,7 +70,7 @@ class InvalidEmbeddingError(ShareddbError, ValueError):
     """An embedding is not a 1-D array of finite real numbers of a valid size."""
 
 
-class InvalidSessionError(ShareddbError, ValueError):
+class InvalidSessionError(InvalidArgumentError):
     """A session record, name, field or filter is invalid (wrong type, empty, NUL, …)."""
 
 

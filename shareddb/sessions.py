@@ -36,6 +36,9 @@ _FIXED_FIELDS: Final[Mapping[str, str]] = {
     "updated_at": "update() sets it to the time of the change",
 }
 _TICK: Final = timedelta(microseconds=1)
+# session, repo_name and task_id are indexed, and a PostgreSQL btree entry holds at most
+# about 2,700 bytes: both backends refuse longer values of these fields the same way.
+MAX_INDEXED_BYTES: Final = 2000
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -57,12 +60,12 @@ class SessionRecord:
     updated_at: datetime | None = None
 
     def __post_init__(self) -> None:
-        _check_text("session name", self.session)
+        _check_text("session name", self.session, indexed=True)
         what = f"session {self.session!r}"
-        _check_text(f"{what}: repo_name", self.repo_name)
+        _check_text(f"{what}: repo_name", self.repo_name, indexed=True)
         _check_text(f"{what}: repo_url", self.repo_url)
         _check_text(f"{what}: branch", self.branch, optional=True)
-        _check_text(f"{what}: task_id", self.task_id, optional=True)
+        _check_text(f"{what}: task_id", self.task_id, optional=True, indexed=True)
         for name in ("created_at", "updated_at"):
             value = getattr(self, name)
             if value is None:
@@ -89,7 +92,7 @@ class SessionRecord:
             )
 
 
-def _check_text(what: str, value: object, *, optional: bool = False) -> None:
+def _check_text(what: str, value: object, *, optional: bool = False, indexed: bool = False) -> None:
     fix = "pass non-empty text, or None for no value" if optional else "pass non-empty text"
     if optional and value is None:
         return
@@ -99,15 +102,27 @@ def _check_text(what: str, value: object, *, optional: bool = False) -> None:
         raise InvalidSessionError(f"{what} is empty; {fix}")
     if "\x00" in value:
         raise InvalidSessionError(
-            f"{what} {value!r} contains a NUL character, which neither backend stores; remove it"
+            f"{what} {_show(value)} contains a NUL character, which neither backend stores; "
+            "remove it"
         )
     try:
-        value.encode("utf-8")
+        size = len(value.encode("utf-8"))
     except UnicodeEncodeError:
         raise InvalidSessionError(
-            f"{what} {value!r} is not valid Unicode text (it holds a lone surrogate); "
+            f"{what} {_show(value)} is not valid Unicode text (it holds a lone surrogate); "
             "decode the text properly before storing it"
         ) from None
+    if indexed and size > MAX_INDEXED_BYTES:
+        raise InvalidSessionError(
+            f"{what} {_show(value)} is {size:,} bytes long; this field is indexed and may "
+            f"hold at most {MAX_INDEXED_BYTES:,} bytes (UTF-8): shorten it"
+        )
+
+
+def _show(value: str) -> str:
+    """`value`'s repr, cut short for messages."""
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:60]}...{text[-10:]} ({len(value):,} chars)"
 
 
 def _now() -> datetime:
@@ -284,7 +299,7 @@ class SessionStorage:
 
     def get(self, name: str, *, conn: Any = None) -> SessionRecord | None:
         """The session called `name`, or None when there is none."""
-        _check_text("session name", name)
+        _check_text("session name", name, indexed=True)
         with self._connection(conn) as c:
             row = c.execute(self._dialect.sql(_GET), (name,)).fetchone()
         return None if row is None else self._record(row)
@@ -305,11 +320,11 @@ class SessionStorage:
         conditions: builtins.list[LiteralString] = []
         params: builtins.list[Any] = []
         if repo_name is not None:
-            _check_text("repo_name filter", repo_name)
+            _check_text("repo_name filter", repo_name, indexed=True)
             conditions.append("repo_name = %s")
             params.append(repo_name)
         if task_id is not None:
-            _check_text("task_id filter", task_id)
+            _check_text("task_id filter", task_id, indexed=True)
             conditions.append("task_id = %s")
             params.append(task_id)
         query: LiteralString = _SELECT
@@ -332,7 +347,7 @@ class SessionStorage:
 
         Several sessions may share a task; use ``list(task_id=...)`` for all of them.
         """
-        _check_text("task_id", task_id)
+        _check_text("task_id", task_id, indexed=True)
         found = self.list(task_id=task_id, limit=1, conn=conn)
         return found[0] if found else None
 
@@ -344,7 +359,7 @@ class SessionStorage:
         an unknown or fixed field or a bad value, and SessionNotFoundError when no
         session is called `name`; in both cases nothing changes.
         """
-        _check_text("session name", name)
+        _check_text("session name", name, indexed=True)
         for field_name in changes:
             if field_name in _FIXED_FIELDS:
                 raise InvalidSessionError(
@@ -358,10 +373,19 @@ class SessionStorage:
                 )
         for field_name in ("repo_name", "repo_url"):
             if field_name in changes:
-                _check_text(f"session {name!r}: {field_name}", changes[field_name])
+                _check_text(
+                    f"session {name!r}: {field_name}",
+                    changes[field_name],
+                    indexed=field_name == "repo_name",
+                )
         for field_name in ("branch", "task_id"):
             if field_name in changes:
-                _check_text(f"session {name!r}: {field_name}", changes[field_name], optional=True)
+                _check_text(
+                    f"session {name!r}: {field_name}",
+                    changes[field_name],
+                    optional=True,
+                    indexed=field_name == "task_id",
+                )
         d = self._dialect
         with self._connection(conn) as c:
             row = c.execute(d.get_for_update, (name,)).fetchone()
@@ -389,7 +413,7 @@ class SessionStorage:
 
     def delete(self, name: str, *, conn: Any = None) -> bool:
         """Delete the session called `name`; True if it existed, False if there was none."""
-        _check_text("session name", name)
+        _check_text("session name", name, indexed=True)
         with self._connection(conn) as c:
             deleted: int = c.execute(self._dialect.sql(_DELETE), (name,)).rowcount
         if deleted:

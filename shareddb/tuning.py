@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ._embedding import MAX_K, Metric, as_dimension, as_int, check_metric
-from .errors import ConfigError, InvalidEmbeddingError, ShareddbError
+from .errors import InvalidArgumentError, InvalidEmbeddingError, ShareddbError
 
 if TYPE_CHECKING:
     from .vectors import IndexInfo, VectorStorage
@@ -147,7 +147,7 @@ def tune(
     only reads, and checks first that searches use the index (an unanalyzed table
     can make the planner skip it). Raises ShareddbError on SQLite (searches there
     are exact), when no index matches (build one with ``create_index``), or when
-    fewer than ``k + 1`` vectors of that dimension are stored; ConfigError for a
+    fewer than ``k + 1`` vectors of that dimension are stored; InvalidArgumentError for a
     bad argument.
 
     :param method: ``"hnsw"`` or ``"ivfflat"`` when both kinds exist for the
@@ -161,9 +161,11 @@ def tune(
     dim = as_dimension(dimension)
     checked_metric = check_metric(metric)
     if isinstance(target_recall, bool) or not isinstance(target_recall, int | float):
-        raise ConfigError(f"target_recall={target_recall!r} must be a number in (0, 1]")
+        raise InvalidArgumentError(f"target_recall={target_recall!r} must be a number in (0, 1]")
     if not 0 < target_recall <= 1:
-        raise ConfigError(f"target_recall={target_recall!r} must be in (0, 1]; 0.95 is common")
+        raise InvalidArgumentError(
+            f"target_recall={target_recall!r} must be in (0, 1]; 0.95 is common"
+        )
     top = as_int(k, "k", 1, MAX_K - 1)  # searches ask for k + 1 rows
     size = as_int(sample, "sample", 1, 100_000)
     db = storage._db
@@ -226,7 +228,7 @@ def tune(
 
 def _positive_int(value: object, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-        raise ConfigError(f"{name}={value!r} must be a whole number >= 1")
+        raise InvalidArgumentError(f"{name}={value!r} must be a whole number >= 1")
     return int(value)
 
 
@@ -234,7 +236,7 @@ def _pick_index(
     storage: VectorStorage, dim: int, metric: Metric, method: str | None, where: str
 ) -> IndexInfo:
     if method is not None and method not in PARAMETER:
-        raise ConfigError(f"method={method!r} must be 'hnsw' or 'ivfflat'")
+        raise InvalidArgumentError(f"method={method!r} must be 'hnsw' or 'ivfflat'")
     found = [
         i
         for i in storage.indexes()
@@ -264,7 +266,7 @@ def _ladder(info: IndexInfo, values: Sequence[int] | None, fetch: int) -> list[i
     if values is not None:
         given = [_positive_int(v, "each of values") for v in values]
         if not given:
-            raise ConfigError("values is empty; pass at least one setting, or None")
+            raise InvalidArgumentError("values is empty; pass at least one setting, or None")
     if info.method == "hnsw":
         # search() raises ef_search to the rows asked for: what runs is at least that.
         return sorted({max(v, fetch) for v in (EF_SEARCH_STEPS if values is None else given)})

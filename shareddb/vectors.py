@@ -9,11 +9,13 @@ little-endian float32 blobs and searches exactly with numpy over a cached matrix
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import numpy as np
+import psycopg
 
 from ._embedding import (
     Float32Array,
@@ -22,6 +24,7 @@ from ._embedding import (
     as_dimension,
     as_embedding,
     as_int,
+    as_query,
     check_backend,
     check_indexable,
     check_k,
@@ -32,7 +35,7 @@ from ._embedding import (
     default_backend,
 )
 from ._vector_batches import Batch, iter_batches
-from .errors import ConfigError, InvalidEmbeddingError
+from .errors import InvalidArgumentError
 
 if TYPE_CHECKING:
     from ._service import DbService
@@ -42,6 +45,13 @@ __all__ = ["IndexInfo", "SearchResult", "VectorStorage"]
 logger = logging.getLogger("shareddb.vectors")
 
 DEFAULT_TABLE = "task_embeddings"
+# What the drivers raise for a table that is missing or lacks a column (sqlite3 raises
+# OperationalError for both, and for much else: see _raise_table_error).
+_DRIVER_ERRORS = (
+    psycopg.errors.UndefinedTable,
+    psycopg.errors.UndefinedColumn,
+    sqlite3.OperationalError,
+)
 
 
 class SearchResult(NamedTuple):
@@ -177,6 +187,27 @@ class VectorStorage:
         """The table's name."""
         return self._table
 
+    def _raise_table_error(self, error: Exception) -> None:
+        """InvalidArgumentError for a driver error about a missing table or one of another layout.
+
+        Returns (and the caller re-raises `error`) for any other error.
+        """
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        if isinstance(error, psycopg.errors.UndefinedTable) or "no such table" in reason:
+            raise InvalidArgumentError(
+                f"table {self._table!r} does not exist in {self._db.url} ({reason}); run "
+                "db.initialize() for task_embeddings, or create_table() for a table of your own"
+            ) from error
+        if isinstance(error, psycopg.errors.UndefinedColumn) or (
+            isinstance(error, sqlite3.OperationalError)
+            and ("no such column" in reason or "has no column named" in reason)
+        ):
+            raise InvalidArgumentError(
+                f"table {self._table!r} in {self._db.url} does not have the layout of "
+                f"task_embeddings ({reason}); choose another table name, or drop that table and "
+                "create it with create_table()"
+            ) from error
+
     # -- writes ------------------------------------------------------------------------
 
     def upsert(
@@ -198,7 +229,11 @@ class VectorStorage:
         task_id = check_task_id(qualified_task_id)
         label = default_backend(task_id) if backend is None else check_backend(backend)
         vector = as_embedding(embedding, what=f"embedding of {task_id!r}")
-        self._impl.upsert(task_id, label, vector, conn)
+        try:
+            self._impl.upsert(task_id, label, vector, conn)
+        except _DRIVER_ERRORS as e:
+            self._raise_table_error(e)
+            raise
 
     def upsert_many(
         self,
@@ -217,22 +252,40 @@ class VectorStorage:
         On SQLite, ``executemany`` in one transaction. Any bad item raises before
         the transaction commits and leaves the table exactly as it was.
         """
-        return self._impl.upsert_many(iter_batches(items), conn)
+        try:
+            return self._impl.upsert_many(iter_batches(items), conn)
+        except _DRIVER_ERRORS as e:
+            self._raise_table_error(e)
+            raise
 
     def delete(self, qualified_task_id: str, *, conn: Any = None) -> bool:
         """Remove a task's embedding; True if there was one."""
-        return self._impl.delete(check_task_id(qualified_task_id), conn)
+        task_id = check_task_id(qualified_task_id)
+        try:
+            return self._impl.delete(task_id, conn)
+        except _DRIVER_ERRORS as e:
+            self._raise_table_error(e)
+            raise
 
     # -- reads -------------------------------------------------------------------------
 
     def get(self, qualified_task_id: str, *, conn: Any = None) -> np.ndarray[Any, Any] | None:
         """The stored embedding as a 1-D float32 array (bit for bit), or None."""
-        return self._impl.get(check_task_id(qualified_task_id), conn)
+        task_id = check_task_id(qualified_task_id)
+        try:
+            return self._impl.get(task_id, conn)
+        except _DRIVER_ERRORS as e:
+            self._raise_table_error(e)
+            raise
 
     def count(self, *, dimension: int | None = None, conn: Any = None) -> int:
         """How many embeddings are stored, or how many of one dimension."""
         dim = None if dimension is None else as_dimension(dimension)
-        return self._impl.count(dim, conn)
+        try:
+            return self._impl.count(dim, conn)
+        except _DRIVER_ERRORS as e:
+            self._raise_table_error(e)
+            raise
 
     def search(
         self,
@@ -261,7 +314,11 @@ class VectorStorage:
         (or an all-zero query with ``metric="cosine"``).
         """
         args = self._search_args(query, k, metric, backend, exact, ef_search, probes)
-        return self._impl.search(*args, conn)
+        try:
+            return self._impl.search(*args, conn)
+        except _DRIVER_ERRORS as e:
+            self._raise_table_error(e)
+            raise
 
     def explain(
         self,
@@ -281,7 +338,11 @@ class VectorStorage:
         On SQLite it describes the exact numpy scan.
         """
         args = self._search_args(query, k, metric, backend, exact, ef_search, probes)
-        return self._impl.explain(*args, conn)
+        try:
+            return self._impl.explain(*args, conn)
+        except _DRIVER_ERRORS as e:
+            self._raise_table_error(e)
+            raise
 
     def _search_args(
         self,
@@ -293,13 +354,8 @@ class VectorStorage:
         ef_search: object,
         probes: object,
     ) -> tuple[Float32Array, int, Metric, str | None, bool, int | None, int | None]:
-        vector = as_embedding(query, what="query")
+        vector = as_query(query, metric)
         checked_metric = check_metric(metric)
-        if checked_metric == "cosine" and not vector.any():
-            raise InvalidEmbeddingError(
-                "query is all zeros, and cosine distance is undefined for a zero vector; "
-                "pass a non-zero query or use metric='l2'"
-            )
         return (
             vector,
             check_k(k),
@@ -334,7 +390,7 @@ class VectorStorage:
         should be built after loading. `concurrently=True` builds without blocking
         writes (not inside ``conn=``). Raises maintenance_work_mem for this build
         when the graph would not fit, and logs progress for long builds. An existing
-        index built with other parameters raises ConfigError: `drop_index` it first.
+        index built with other parameters raises InvalidArgumentError: `drop_index` it first.
 
         SQLite: does nothing (search is exact) and returns the same name.
         """
@@ -345,35 +401,53 @@ class VectorStorage:
         m_value = as_int(m, "m", 2, 100)
         ef_value = as_int(ef_construction, "ef_construction", 4, 1000)
         if checked_method == "hnsw" and ef_value < 2 * m_value:
-            raise ConfigError(
+            raise InvalidArgumentError(
                 f"ef_construction={ef_value} must be at least 2 * m = {2 * m_value} "
                 "(pgvector's rule); raise ef_construction or lower m"
             )
         lists_value = None if lists is None else as_int(lists, "lists", 1, 32_768)
-        return self._impl.create_index(
-            dim,
-            checked_method,
-            checked_metric,
-            m_value,
-            ef_value,
-            lists_value,
-            bool(concurrently),
-            conn,
-        )
+        try:
+            return self._impl.create_index(
+                dim,
+                checked_method,
+                checked_metric,
+                m_value,
+                ef_value,
+                lists_value,
+                bool(concurrently),
+                conn,
+            )
+        except _DRIVER_ERRORS as e:
+            self._raise_table_error(e)
+            raise
 
     def drop_index(self, name: str, *, concurrently: bool = False, conn: Any = None) -> None:
         """Drop a vector index of this table by name (see `indexes()`); no-op on SQLite."""
         if not isinstance(name, str) or not name:
-            raise ConfigError(f"index name {name!r} must be a non-empty str; see indexes()")
-        self._impl.drop_index(name, bool(concurrently), conn)
+            raise InvalidArgumentError(
+                f"index name {name!r} must be a non-empty str; see indexes()"
+            )
+        try:
+            self._impl.drop_index(name, bool(concurrently), conn)
+        except _DRIVER_ERRORS as e:
+            self._raise_table_error(e)
+            raise
 
     def indexes(self, *, conn: Any = None) -> list[IndexInfo]:
         """The table's vector indexes (HNSW and IVFFlat) by name; empty on SQLite."""
-        return self._impl.indexes(conn)
+        try:
+            return self._impl.indexes(conn)
+        except _DRIVER_ERRORS as e:
+            self._raise_table_error(e)
+            raise
 
     def create_table(self, *, conn: Any = None) -> None:
         """Create this storage's table if missing, with the layout of ``task_embeddings``.
 
         Only needed for a custom `table`: ``db.initialize()`` creates the default one.
         """
-        self._impl.create_table(conn)
+        try:
+            self._impl.create_table(conn)
+        except _DRIVER_ERRORS as e:
+            self._raise_table_error(e)
+            raise

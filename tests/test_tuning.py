@@ -7,6 +7,9 @@ tune() itself uses.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import FrozenInstanceError, dataclass
 from pathlib import Path
@@ -16,7 +19,7 @@ import numpy as np
 import pytest
 from conftest import DATA_DIR, _fresh_database
 
-from shareddb import ConfigError, DbService, InvalidEmbeddingError, ShareddbError
+from shareddb import DbService, InvalidArgumentError, InvalidEmbeddingError, ShareddbError
 from shareddb.tuning import TuneResult, tune
 from shareddb.vectors import VectorStorage
 
@@ -32,6 +35,7 @@ class Loaded:
     storage: VectorStorage
     base: np.ndarray
     metric: str
+    url: str = ""
 
 
 def _row(task_id: str) -> int:
@@ -63,7 +67,7 @@ def minilm(pg_server_url: str) -> Iterator[Loaded]:
         db, storage = _load(url, base)
         storage.create_index(384, method="hnsw", metric="cosine", m=16, ef_construction=64)
         try:
-            yield Loaded(db, storage, base, "cosine")
+            yield Loaded(db, storage, base, "cosine", url)
         finally:
             db.close()
 
@@ -239,7 +243,7 @@ def test_tune_without_an_index_for_the_metric_says_to_create_one(minilm: Loaded)
 def test_tune_rejects_bad_arguments_with_a_config_error(
     minilm: Loaded, kwargs: dict[str, Any], message: str
 ) -> None:
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(InvalidArgumentError, match=message):
         tune(minilm.storage, 384, **kwargs)
 
 
@@ -298,3 +302,27 @@ def test_tune_refuses_an_index_that_searches_do_not_use(small: VectorStorage) ->
 
     with pytest.raises(ShareddbError, match=r"use index unusable_idx.*run ANALYZE task_embeddings"):
         tune(small, 16, metric="l2")
+
+
+def _run_tune(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "shareddb", "tune", "--url", url, "--dimension", "384"]
+    return subprocess.run(
+        [*command, *args], capture_output=True, text=True, timeout=300, check=False
+    )
+
+
+def test_tune_command_prints_the_setting_numpy_confirms(minilm: Loaded) -> None:
+    result = _run_tune(minilm.url, "--metric", "cosine", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["parameter"] == "ef_search"
+    value = report["value"]
+    chosen = next(row for row in report["rows"] if row["value"] == value)
+    assert chosen["recall"] >= 0.95
+    assert _independent_recall(minilm, TuneResult(**{**report, "rows": ()}), value) >= 0.9
+
+
+def test_tune_command_exits_1_when_no_index_serves_the_metric(minilm: Loaded) -> None:
+    result = _run_tune(minilm.url, "--metric", "l2")
+    assert result.returncode == 1
+    assert "create_index" in result.stderr

@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from shareddb import (
-    ConfigError,
     DbService,
     DimensionMismatchError,
+    InvalidArgumentError,
     InvalidEmbeddingError,
     SearchResult,
     ShareddbError,
@@ -444,18 +444,18 @@ def test_bad_matrices_raise_and_change_nothing(db: DbService, vectors: VectorSto
     nan = np.ones((3, 2), np.float32)
     nan[2, 1] = np.nan
     cases: list[tuple[Any, type[Exception], str]] = [
-        ((["a#1", "a#2"], np.ones((3, 2))), ConfigError, "2 ids for a matrix of 3 rows"),
-        (((f"a#{i}" for i in range(2)), np.ones((3, 2))), ConfigError, "2 ids"),
-        (((f"a#{i}" for i in range(4)), np.ones((3, 2))), ConfigError, "more ids"),
+        ((["a#1", "a#2"], np.ones((3, 2))), InvalidArgumentError, "2 ids for a matrix of 3 rows"),
+        (((f"a#{i}" for i in range(2)), np.ones((3, 2))), InvalidArgumentError, "2 ids"),
+        (((f"a#{i}" for i in range(4)), np.ones((3, 2))), InvalidArgumentError, "more ids"),
         ((["a#1", "a#2", "a#3"], nan), InvalidEmbeddingError, "row 2"),
         ((["a#1"], np.ones((1, 0))), InvalidEmbeddingError, "0 dimensions"),
         ((["a#1"], np.array([["x", "y"]])), InvalidEmbeddingError, "dtype"),
-        ((["a#1", 7], np.ones((2, 2))), ConfigError, "qualified_task_id 7"),
-        (("a#1", np.ones((1, 2))), ConfigError, "ids is a str"),
-        ("not pairs", ConfigError, "takes an iterable"),
-        ([("a#1", [1.0], "extra")], ConfigError, "item 0"),
-        ([["a#1"]], ConfigError, "item 0"),
-        (42, ConfigError, "not int"),
+        ((["a#1", 7], np.ones((2, 2))), InvalidArgumentError, "qualified_task_id 7"),
+        (("a#1", np.ones((1, 2))), InvalidArgumentError, "ids is a str"),
+        ("not pairs", InvalidArgumentError, "takes an iterable"),
+        ([("a#1", [1.0], "extra")], InvalidArgumentError, "item 0"),
+        ([["a#1"]], InvalidArgumentError, "item 0"),
+        (42, InvalidArgumentError, "not int"),
     ]
     for items, error, message in cases:
         with pytest.raises(error, match=message):
@@ -479,7 +479,7 @@ def test_ids_that_are_not_plain_non_empty_strings_are_refused(
         lambda: vectors.delete(task_id),
     ]
     for call in calls:
-        with pytest.raises(ConfigError, match="qualified_task_id"):
+        with pytest.raises(InvalidArgumentError, match="qualified_task_id"):
             call()
     assert rows_of(db) == before
 
@@ -502,7 +502,7 @@ def test_bad_search_arguments_raise_config_errors(
     vectors: VectorStorage, kwargs: dict[str, Any], message: str
 ) -> None:
     vectors.upsert("md#1", [1.0, 2.0])
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(InvalidArgumentError, match=message):
         vectors.search([1.0, 2.0], **kwargs)
 
 
@@ -538,7 +538,7 @@ def test_bad_index_arguments_raise_config_errors(
 ) -> None:
     arguments: dict[str, Any] = {"dimension": 8, **kwargs}
     dimension = arguments.pop("dimension")
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(InvalidArgumentError, match=message):
         vectors.create_index(dimension, **arguments)
     assert vectors.indexes() == []
 
@@ -547,7 +547,7 @@ def test_bad_index_arguments_raise_config_errors(
     "table", ["", "1abc", "a-b", "a b", "a;b", 'a"b', "public.t", "x" * 64, None, 7]
 )
 def test_table_names_must_be_plain_identifiers(db: DbService, table: Any) -> None:
-    with pytest.raises(ConfigError, match="is not a plain identifier"):
+    with pytest.raises(InvalidArgumentError, match="is not a plain identifier"):
         VectorStorage(db, table=table)
 
 

@@ -28,7 +28,7 @@ import pytest
 from conftest import DATA_DIR, PROJECT_ROOT, _fresh_database
 from psycopg import sql
 
-from shareddb import ConfigError, DbService, VectorStorage, _vector_batches, _vectors_pg
+from shareddb import DbService, InvalidArgumentError, VectorStorage, _vector_batches, _vectors_pg
 
 pytestmark = pytest.mark.postgres
 
@@ -277,7 +277,9 @@ def test_index_lifecycle(db: DbService) -> None:
     name = vectors.create_index(8, m=8, ef_construction=32)
     assert name == "task_embeddings_hnsw_cosine_8_idx"
     assert vectors.create_index(8, m=8, ef_construction=32) == name  # exists: nothing to do
-    with pytest.raises(ConfigError, match=r"exists with m=8, ef_construction=32, not m=16"):
+    with pytest.raises(
+        InvalidArgumentError, match=r"exists with m=8, ef_construction=32, not m=16"
+    ):
         vectors.create_index(8)
     ivf = vectors.create_index(8, method="ivfflat", metric="inner_product")
     ip = vectors.create_index(8, metric="inner_product", concurrently=True)
@@ -293,9 +295,14 @@ def test_index_lifecycle(db: DbService) -> None:
     vectors.drop_index(ivf)
     vectors.drop_index(ip, concurrently=True)
     assert [i.name for i in vectors.indexes()] == [name]
-    with pytest.raises(ConfigError, match="is not a vector index of table task_embeddings"):
+    with pytest.raises(
+        InvalidArgumentError, match="is not a vector index of table task_embeddings"
+    ):
         vectors.drop_index("task_embeddings_dimension_backend_idx")
-    with pytest.raises(ConfigError, match="can't run inside a transaction"), db.transaction() as c:
+    with (
+        pytest.raises(InvalidArgumentError, match="can't run inside a transaction"),
+        db.transaction() as c,
+    ):
         vectors.create_index(8, metric="l2", concurrently=True, conn=c)
     assert vectors.create_index(5, method="ivfflat") == "task_embeddings_ivfflat_cosine_5_idx"
     assert {i.name: i for i in vectors.indexes()}[
@@ -369,8 +376,9 @@ def test_search_settings_never_leak_to_the_next_user_of_the_connection(pg_url: s
             assert conn.execute("SHOW hnsw.ef_search").fetchone()[0] == "55"
             # A failing search inside the caller's transaction leaves it usable.
             missing = VectorStorage(db, table="no_such_table")
-            with pytest.raises(psycopg.errors.UndefinedTable):
+            with pytest.raises(InvalidArgumentError, match="no_such_table") as raised:
                 missing.search([1.0, 1.0], 5, ef_search=10, conn=conn)
+            assert isinstance(raised.value.__cause__, psycopg.errors.UndefinedTable)
             assert conn.execute("SHOW hnsw.ef_search").fetchone()[0] == "55"
 
 
