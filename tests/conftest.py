@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import os
 import tempfile
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
-from psycopg.conninfo import conninfo_to_dict
-from pytest_postgresql.janitor import DatabaseJanitor
+from testdb import fresh_database
 
 from shareddb import DbService
 
@@ -26,14 +23,6 @@ PG_URL_ENV = "SHAREDDB_TEST_PG_URL"
 PLAIN_PG_URL = os.environ.get(
     "SHAREDDB_TEST_PLAIN_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-DATA_DIR = PROJECT_ROOT.parent / "shared" / "data"
-
-
-def with_dbname(url: str, dbname: str) -> str:
-    """`url` pointing at another database (the URI's path)."""
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path=f"/{dbname}"))
 
 
 @pytest.fixture(autouse=True)
@@ -65,28 +54,10 @@ def pg_server_url() -> Iterator[str]:
     server.cleanup()
 
 
-def _fresh_database(server_url: str) -> Iterator[str]:
-    params = conninfo_to_dict(server_url)
-    dbname = f"shareddb_test_{uuid.uuid4().hex[:12]}"
-    janitor = DatabaseJanitor(
-        user=str(params.get("user") or "postgres"),
-        host=str(params.get("host") or "localhost"),
-        port=str(params.get("port") or 5432),
-        password=str(params["password"]) if params.get("password") else None,
-        dbname=dbname,
-        maintenance_dbname=str(params.get("dbname") or "postgres"),
-    )
-    janitor.init()
-    try:
-        yield with_dbname(server_url, dbname)
-    finally:
-        janitor.drop()
-
-
 @pytest.fixture
 def pg_url(pg_server_url: str) -> Iterator[str]:
     """A fresh, empty database on the pgvector server, dropped after the test."""
-    yield from _fresh_database(pg_server_url)
+    yield from fresh_database(pg_server_url)
 
 
 @pytest.fixture
@@ -101,7 +72,7 @@ def plain_pg_url() -> Iterator[str]:
         pytest.skip(f"no PostgreSQL without pgvector reachable at {PLAIN_PG_URL}")
     if row is not None:
         pytest.skip(f"the server at {PLAIN_PG_URL} has pgvector; need one without it")
-    yield from _fresh_database(PLAIN_PG_URL)
+    yield from fresh_database(PLAIN_PG_URL)
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import DATA_DIR, _fresh_database
+from testdb import DATA_DIR, fresh_database
 
 from shareddb import DbService, InvalidArgumentError, InvalidEmbeddingError, ShareddbError
 from shareddb.tuning import TuneResult, tune
@@ -63,7 +63,7 @@ def _read_ivecs(path: Path) -> np.ndarray:
 def minilm(pg_server_url: str) -> Iterator[Loaded]:
     """1,966 x 384 MiniLM embeddings (cosine) with an HNSW index at m=16, ef_construction=64."""
     base = np.load(MINILM / "base.npy")
-    for url in _fresh_database(pg_server_url):
+    for url in fresh_database(pg_server_url):
         db, storage = _load(url, base)
         storage.create_index(384, method="hnsw", metric="cosine", m=16, ef_construction=64)
         try:
@@ -76,7 +76,7 @@ def minilm(pg_server_url: str) -> Iterator[Loaded]:
 def sift(pg_server_url: str) -> Iterator[Loaded]:
     """SIFT10K, 10,000 x 128 (L2), with an IVFFlat index of 50 lists."""
     base = _read_ivecs(SIFT / "siftsmall_base.fvecs").view(np.float32)
-    for url in _fresh_database(pg_server_url):
+    for url in fresh_database(pg_server_url):
         db, storage = _load(url, base)
         storage.create_index(128, method="ivfflat", metric="l2", lists=50)
         try:

@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 import psycopg
 import pytest
-from conftest import DATA_DIR, PROJECT_ROOT, _fresh_database
 from psycopg import sql
+from testdb import DATA_DIR, PROJECT_ROOT, fresh_database
 
 from shareddb import DbService, InvalidArgumentError, VectorStorage, _vector_batches, _vectors_pg
 
@@ -56,7 +56,7 @@ def db(pg_url: str) -> Iterator[DbService]:
 @pytest.fixture(scope="module")
 def module_db(pg_server_url: str) -> Iterator[DbService]:
     """One database for the module's read-mostly tests (indexes are built once)."""
-    database = _fresh_database(pg_server_url)
+    database = fresh_database(pg_server_url)
     url = next(database)
     try:
         with DbService(url) as db:

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import WORKER
+from rel_server import WORKER
 
 from shareddb import DatabaseUnavailableError, DbService, SessionRecord, SessionStorage
 

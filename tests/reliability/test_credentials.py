@@ -22,9 +22,9 @@ from urllib.parse import quote
 
 import psycopg
 import pytest
-from conftest import KillablePostgres
 from psycopg.conninfo import conninfo_to_dict
 from rel_payloads import label
+from rel_server import KillablePostgres
 
 from shareddb import (
     DbConfig,

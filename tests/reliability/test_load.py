@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import WORKER
 from rel_load import Tally, run_workload
+from rel_server import WORKER
 
 from shareddb import DbService
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import KillablePostgres
+from rel_server import KillablePostgres
 
 from shareddb import (
     DatabaseUnavailableError,
