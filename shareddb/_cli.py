@@ -694,22 +694,15 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
     url, _config = _target_url(args)
     with _service(args, url) as db:
-        storage = VectorStorage(db, table=args.table)
-        try:
-            result = tune(
-                storage,
-                args.dimension,
-                metric=args.metric,
-                target_recall=args.target_recall,
-                k=args.k,
-                sample=args.sample,
-                method=args.method,
-            )
-        except psycopg.errors.UndefinedTable:
-            raise ShareddbError(
-                f"table {args.table!r} does not exist in {db.url}; run shareddb init, load "
-                "embeddings and create an index first"
-            ) from None
+        result = tune(
+            VectorStorage(db, table=args.table),
+            args.dimension,
+            metric=args.metric,
+            target_recall=args.target_recall,
+            k=args.k,
+            sample=args.sample,
+            method=args.method,
+        )
     if args.json:
         _emit_json(result)
     else:

@@ -39,6 +39,15 @@ DATABASE = "postgres"
 _start_lock = threading.Lock()
 
 
+def _new_lock_in_child() -> None:
+    # A parent thread may hold the lock at fork(); the child's copy would never be released.
+    global _start_lock
+    _start_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_lock_in_child)
+
+
 def default_data_dir() -> Path:
     """``<user data dir>/shareddb/postgres``: where the embedded server keeps its files."""
     return Path(platformdirs.user_data_dir("shareddb")) / "postgres"

@@ -239,6 +239,8 @@ class DbService:
         with self._open_lock:
             if self._is_open():
                 return
+            # _pid first: other threads see the service open once _pool/_sqlite is set.
+            self._pid = os.getpid()
             if self._target.backend == "postgres":
                 if self._target.embedded_dir is not None:
                     uri = _embedded.start(self._target.embedded_dir)
@@ -246,7 +248,6 @@ class DbService:
                 self._pool = self._open_pool()
             else:
                 self._sqlite = self._open_sqlite()
-            self._pid = os.getpid()
             logger.debug("opened %r", self)
 
     def close(self) -> None:
@@ -391,6 +392,22 @@ class DbService:
             with self._sqlite_transaction() as sqlite_conn:
                 yield sqlite_conn
 
+    @contextmanager
+    def _reading(self) -> Iterator[Connection]:
+        """`connection()` for domain reads: on SQLite a deferred transaction.
+
+        ``BEGIN IMMEDIATE`` would take the file's write lock, so a read would wait
+        for (and time out behind) another process's write; a deferred read
+        transaction sees a WAL snapshot instead. Don't write inside it.
+        """
+        self._ensure_open()
+        if self._pool is not None:
+            with self._pg_connection() as conn:
+                yield conn
+        else:
+            with self._sqlite_transaction(immediate=False) as sqlite_conn:
+                yield sqlite_conn
+
     def transaction(self) -> Any:
         """The same as `connection()`, named for units of work that span domains.
 
@@ -516,7 +533,7 @@ class DbService:
         )
 
     @contextmanager
-    def _sqlite_transaction(self) -> Iterator[sqlite3.Connection]:
+    def _sqlite_transaction(self, *, immediate: bool = True) -> Iterator[sqlite3.Connection]:
         conn = self._sqlite
         assert conn is not None
         if not self._sqlite_lock.acquire(timeout=self._timeout):
@@ -528,8 +545,10 @@ class DbService:
         try:
             depth = self._sqlite_depth
             savepoint = f"shareddb_{depth}"
-            if depth == 0:
+            if depth == 0 and immediate:
                 self._begin_immediate(conn)
+            elif depth == 0:
+                conn.execute("BEGIN")
             else:
                 conn.execute(f'SAVEPOINT "{savepoint}"')
             self._sqlite_depth += 1
@@ -545,7 +564,14 @@ class DbService:
                 raise
             else:
                 if conn.in_transaction:
-                    conn.execute("COMMIT" if depth == 0 else f'RELEASE "{savepoint}"')
+                    try:
+                        conn.execute("COMMIT" if depth == 0 else f'RELEASE "{savepoint}"')
+                    except BaseException:
+                        # A failed COMMIT (a deferred constraint, a full disk) leaves the
+                        # transaction open: end it, or the shared connection stays stuck.
+                        if depth == 0 and conn.in_transaction:
+                            conn.execute("ROLLBACK")
+                        raise
             finally:
                 self._sqlite_depth = depth
         finally:

@@ -189,9 +189,9 @@ def _pair_batches(items: Iterable[Any]) -> Iterator[Batch]:
             or not task_id.isascii()
         ):
             task_id = str(check_task_id(task_id))
-        if not (
-            type(vector) is np.ndarray and vector.ndim == 1 and vector.dtype.kind in "iuf"
-        ):  # anything but a plain numeric 1-D array is checked and converted now
+        if type(vector) is np.ndarray and vector.ndim == 1 and vector.dtype.kind in "iuf":
+            vector = vector.copy()  # a generator may reuse its buffer for the next item
+        else:  # anything but a plain numeric 1-D array is checked and converted now
             vector = as_embedding(vector, what=f"embedding of {task_id!r} (item {position})")
         ids.append(task_id)
         vectors.append(vector)

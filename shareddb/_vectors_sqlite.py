@@ -123,11 +123,13 @@ class SqliteVectors:
         self._warned_untracked = False
 
     @contextmanager
-    def _connection(self, conn: sqlite3.Connection | None) -> Iterator[sqlite3.Connection]:
+    def _connection(
+        self, conn: sqlite3.Connection | None, *, read: bool = False
+    ) -> Iterator[sqlite3.Connection]:
         if conn is not None:
             yield conn
         else:
-            with self._db.connection() as own:
+            with self._db._reading() if read else self._db.connection() as own:
                 yield own
 
     @contextmanager
@@ -211,14 +213,14 @@ class SqliteVectors:
     # -- reads -------------------------------------------------------------------------
 
     def get(self, task_id: str, conn: sqlite3.Connection | None) -> Float32Array | None:
-        with self._connection(conn) as c:
+        with self._connection(conn, read=True) as c:
             row = c.execute(self._get, (task_id,)).fetchone()
         if row is None:
             return None
         return np.frombuffer(row[0], dtype="<f4").astype(np.float32)
 
     def count(self, dimension: int | None, conn: sqlite3.Connection | None) -> int:
-        with self._connection(conn) as c:
+        with self._connection(conn, read=True) as c:
             if dimension is None:
                 row = c.execute(self._count).fetchone()
             else:
@@ -227,7 +229,7 @@ class SqliteVectors:
 
     def _matrix(self, conn: sqlite3.Connection | None, dimension: int) -> _Matrix:
         """The cached matrix of `dimension`, reloaded when the table's token changed."""
-        with self._connection(conn) as c:
+        with self._connection(conn, read=True) as c:
             row = c.execute(self._token, (self._table,)).fetchone()
             token = None if row is None else int(row[0])
             cached = self._cache.get(dimension)

@@ -232,9 +232,9 @@ class SessionStorage:
         return self._db
 
     @contextmanager
-    def _connection(self, conn: Any) -> Iterator[Any]:
+    def _connection(self, conn: Any, *, read: bool = False) -> Iterator[Any]:
         if conn is None:
-            with self._db.connection() as own:
+            with self._db._reading() if read else self._db.connection() as own:
                 yield own
             return
         if not isinstance(conn, self._dialect.connection_type):
@@ -300,7 +300,7 @@ class SessionStorage:
     def get(self, name: str, *, conn: Any = None) -> SessionRecord | None:
         """The session called `name`, or None when there is none."""
         _check_text("session name", name, indexed=True)
-        with self._connection(conn) as c:
+        with self._connection(conn, read=True) as c:
             row = c.execute(self._dialect.sql(_GET), (name,)).fetchone()
         return None if row is None else self._record(row)
 
@@ -338,7 +338,7 @@ class SessionStorage:
                 )
             query += " LIMIT %s"
             params.append(limit)
-        with self._connection(conn) as c:
+        with self._connection(conn, read=True) as c:
             rows = c.execute(self._dialect.sql(query), params).fetchall()
         return [self._record(row) for row in rows]
 

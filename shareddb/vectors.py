@@ -18,6 +18,8 @@ import numpy as np
 import psycopg
 
 from ._embedding import (
+    MAX_EF_SEARCH,
+    MAX_PROBES,
     Float32Array,
     Method,
     Metric,
@@ -362,8 +364,8 @@ class VectorStorage:
             checked_metric,
             None if backend is None else check_backend(backend),
             bool(exact),
-            None if ef_search is None else as_int(ef_search, "ef_search", 1, 1000),
-            None if probes is None else as_int(probes, "probes", 1, 32_768),
+            None if ef_search is None else as_int(ef_search, "ef_search", 1, MAX_EF_SEARCH),
+            None if probes is None else as_int(probes, "probes", 1, MAX_PROBES),
         )
 
     # -- indexes -----------------------------------------------------------------------
@@ -405,7 +407,7 @@ class VectorStorage:
                 f"ef_construction={ef_value} must be at least 2 * m = {2 * m_value} "
                 "(pgvector's rule); raise ef_construction or lower m"
             )
-        lists_value = None if lists is None else as_int(lists, "lists", 1, 32_768)
+        lists_value = None if lists is None else as_int(lists, "lists", 1, MAX_PROBES)
         try:
             return self._impl.create_index(
                 dim,

@@ -725,3 +725,17 @@ def test_property_search_equals_brute_force_on_small_random_sets(
         row = int(result.qualified_task_id.split("#")[1])
         _, own = brute_force(matrix[row : row + 1], query, metric, 1)
         assert result.distance == pytest.approx(float(own[0]), rel=1e-5, abs=1e-5)
+
+
+def test_upsert_many_keeps_each_item_when_a_generator_reuses_its_buffer(db: DbService) -> None:
+    vectors = VectorStorage(db)
+    buffer = np.zeros(3, dtype=np.float32)
+
+    def items() -> Iterator[tuple[str, np.ndarray]]:
+        for i in range(3):
+            buffer[:] = i + 1
+            yield f"buf#{i}", buffer
+
+    assert vectors.upsert_many(items()) == 3
+    for i in range(3):
+        assert np.array_equal(vectors.get(f"buf#{i}"), np.full(3, i + 1, dtype=np.float32))
