@@ -14,6 +14,7 @@ from typing import Any, Final, Literal, TypeAlias, TypeGuard
 import numpy as np
 import numpy.typing as npt
 
+from ._text import check_stored_text, show
 from .errors import InvalidArgumentError, InvalidEmbeddingError
 
 Metric: TypeAlias = Literal["cosine", "l2", "inner_product"]
@@ -30,7 +31,6 @@ MAX_EF_SEARCH: Final = 1000  # pgvector's limit for hnsw.ef_search
 MAX_PROBES: Final = 32_768  # pgvector's limit for ivfflat.probes and lists
 # qualified_task_id and backend are indexed, and a PostgreSQL btree entry holds at most
 # about 2,700 bytes: both backends refuse longer ids and labels the same way.
-MAX_TEXT_BYTES: Final = 2000
 # Tables a VectorStorage must not use: shareddb's own other tables, and names the
 # databases reserve for their catalogs.
 _RESERVED_TABLES: Final = frozenset({"schema_migrations", "sessions", "shareddb_vector_versions"})
@@ -185,7 +185,7 @@ def as_int(value: object, name: str, low: int, high: int) -> int:
 
 
 def check_task_id(value: object) -> str:
-    """A qualified task id: non-empty text without NUL bytes, at most MAX_TEXT_BYTES long."""
+    """A qualified task id: non-empty text without NUL bytes, at most MAX_INDEXED_BYTES long."""
     if not isinstance(value, str):
         raise InvalidArgumentError(
             f"qualified_task_id {value!r} is a {type(value).__name__}; pass a non-empty str "
@@ -195,46 +195,19 @@ def check_task_id(value: object) -> str:
         raise InvalidArgumentError(
             "qualified_task_id is empty; pass a non-empty str such as 'md#253'"
         )
-    _check_text("qualified_task_id", value)
+    check_stored_text("qualified_task_id", value, InvalidArgumentError)
     return value
 
 
 def check_backend(value: object) -> str:
-    """An explicit backend label: text without NUL bytes, at most MAX_TEXT_BYTES long."""
+    """An explicit backend label: text without NUL bytes, at most MAX_INDEXED_BYTES long."""
     if not isinstance(value, str):
         raise InvalidArgumentError(
             f"backend={value!r} must be a str without NUL bytes (or None for the prefix of "
             "the qualified task id before '#')"
         )
-    _check_text("backend", value)
+    check_stored_text("backend", value, InvalidArgumentError)
     return value
-
-
-def _check_text(name: str, value: str) -> None:
-    """InvalidArgumentError for NUL bytes, lone surrogates and values too long to index."""
-    if "\x00" in value:
-        raise InvalidArgumentError(
-            f"{name} {_show(value)} contains a NUL byte, which databases can't store in text; "
-            "remove it"
-        )
-    try:
-        size = len(value.encode("utf-8"))
-    except UnicodeEncodeError:
-        raise InvalidArgumentError(
-            f"{name} {_show(value)} holds a lone surrogate, which is not valid Unicode text; "
-            "decode the text properly"
-        ) from None
-    if size > MAX_TEXT_BYTES:
-        raise InvalidArgumentError(
-            f"{name} {_show(value)} is {size:,} bytes long; it is indexed and may hold at most "
-            f"{MAX_TEXT_BYTES:,} bytes (UTF-8): shorten it"
-        )
-
-
-def _show(value: str) -> str:
-    """`value`'s repr, cut short for messages."""
-    text = repr(value)
-    return text if len(text) <= 80 else f"{text[:60]}...{text[-10:]} ({len(value):,} chars)"
 
 
 def default_backend(qualified_task_id: str) -> str:
@@ -266,7 +239,7 @@ def check_k(value: object) -> int:
 def check_table_name(value: object) -> str:
     """A plain SQL identifier: letters, digits and ``_``, not starting with a digit."""
     if not isinstance(value, str) or not _PLAIN_IDENTIFIER.fullmatch(value):
-        shown = _show(value) if isinstance(value, str) else repr(value)
+        shown = show(value) if isinstance(value, str) else repr(value)
         raise InvalidArgumentError(
             f"table={shown} is not a plain identifier; use letters, digits and '_' "
             "(not starting with a digit, at most 63 characters), e.g. 'task_embeddings'"

@@ -11,12 +11,12 @@ import numpy as np
 
 from ._embedding import (
     MAX_DIMENSION,
-    MAX_TEXT_BYTES,
     Float32Array,
     as_embedding,
     as_matrix,
     check_task_id,
 )
+from ._text import MAX_INDEXED_BYTES
 from .errors import DimensionMismatchError, InvalidArgumentError
 
 # A batch holds at most this many rows and about this many bytes of vectors.
@@ -151,7 +151,7 @@ def checked_ids(ids: list[Any]) -> list[str]:
             type(task_id) is not str
             or not task_id
             or "\x00" in task_id
-            or len(task_id) > MAX_TEXT_BYTES
+            or len(task_id) > MAX_INDEXED_BYTES
             or not task_id.isascii()
         ):
             ids[position] = str(check_task_id(task_id))  # raises, or a str subclass
@@ -185,7 +185,7 @@ def _pair_batches(items: Iterable[Any]) -> Iterator[Batch]:
             type(task_id) is not str
             or not task_id
             or "\x00" in task_id
-            or len(task_id) > MAX_TEXT_BYTES
+            or len(task_id) > MAX_INDEXED_BYTES
             or not task_id.isascii()
         ):
             task_id = str(check_task_id(task_id))

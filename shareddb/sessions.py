@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Final, LiteralString, cast
 
 import psycopg
 
+from ._text import check_stored_text
 from .errors import InvalidSessionError, SessionExistsError, SessionNotFoundError
 
 if TYPE_CHECKING:
@@ -38,7 +39,6 @@ _FIXED_FIELDS: Final[Mapping[str, str]] = {
 _TICK: Final = timedelta(microseconds=1)
 # session, repo_name and task_id are indexed, and a PostgreSQL btree entry holds at most
 # about 2,700 bytes: both backends refuse longer values of these fields the same way.
-MAX_INDEXED_BYTES: Final = 2000
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -100,29 +100,7 @@ def _check_text(what: str, value: object, *, optional: bool = False, indexed: bo
         raise InvalidSessionError(f"{what} must be a str, got {type(value).__name__}; {fix}")
     if not value:
         raise InvalidSessionError(f"{what} is empty; {fix}")
-    if "\x00" in value:
-        raise InvalidSessionError(
-            f"{what} {_show(value)} contains a NUL character, which neither backend stores; "
-            "remove it"
-        )
-    try:
-        size = len(value.encode("utf-8"))
-    except UnicodeEncodeError:
-        raise InvalidSessionError(
-            f"{what} {_show(value)} is not valid Unicode text (it holds a lone surrogate); "
-            "decode the text properly before storing it"
-        ) from None
-    if indexed and size > MAX_INDEXED_BYTES:
-        raise InvalidSessionError(
-            f"{what} {_show(value)} is {size:,} bytes long; this field is indexed and may "
-            f"hold at most {MAX_INDEXED_BYTES:,} bytes (UTF-8): shorten it"
-        )
-
-
-def _show(value: str) -> str:
-    """`value`'s repr, cut short for messages."""
-    text = repr(value)
-    return text if len(text) <= 80 else f"{text[:60]}...{text[-10:]} ({len(value):,} chars)"
+    check_stored_text(what, value, InvalidSessionError, indexed=indexed)
 
 
 def _now() -> datetime:
