@@ -26,6 +26,7 @@ from ._doctor import EMBEDDINGS_TABLE, Doctor, format_bytes, not_created, table_
 from ._service import DbService
 from ._url import expand_user, parse_url
 from .errors import ConfigError, ShareddbError
+from .vectors import IndexInfo, VectorStorage
 
 EXIT_OK = 0
 EXIT_PROBLEM = 1
@@ -352,12 +353,8 @@ def _row_counts(db: DbService, conn: Any) -> dict[str, Any]:
     return rows
 
 
-def _indexes(db: DbService) -> list[Any]:
-    try:
-        from .vectors import VectorStorage
-    except ImportError:  # the embeddings domain is not part of this build
-        return []
-    return list(VectorStorage(db).indexes())
+def _indexes(db: DbService) -> list[IndexInfo]:
+    return VectorStorage(db).indexes()
 
 
 def _print_status(info: dict[str, Any]) -> None:
@@ -418,19 +415,16 @@ def _print_status(info: dict[str, Any]) -> None:
         print("  " + _describe_index(index))
 
 
-def _describe_index(index: Any) -> str:
+def _describe_index(index: IndexInfo) -> str:
     """``name  hnsw cosine dim 384  m=16 ef_construction=64  1.2 MB`` (+ notes)."""
-    data = asdict(index) if is_dataclass(index) and not isinstance(index, type) else dict(index)
-    params = " ".join(f"{k}={v}" for k, v in (data.get("parameters") or {}).items())
-    size = data.get("size")
+    params = " ".join(f"{k}={v}" for k, v in index.parameters.items())
     text = (
-        f"{data.get('name')}  {data.get('method')} {data.get('metric')} "
-        f"dim {data.get('dimension')}  {params}  "
-        + (format_bytes(size) if isinstance(size, int) else str(size or ""))
+        f"{index.name}  {index.method} {index.metric} dim {index.dimension}  {params}  "
+        + format_bytes(index.size)
     )
-    if data.get("halfvec"):
+    if index.halfvec:
         text += "  (half precision)"
-    if data.get("valid") is False:
+    if not index.valid:
         text += "  INVALID: a concurrent build failed; drop it and build it again"
     return text.rstrip()
 
@@ -690,7 +684,6 @@ def _cmd_copy(args: argparse.Namespace) -> int:
 
 def _cmd_tune(args: argparse.Namespace) -> int:
     from .tuning import tune
-    from .vectors import VectorStorage
 
     url, _config = _target_url(args)
     with _service(args, url) as db:

