@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
+from psycopg_pool import ConnectionPool
 from testdb import fresh_database
 
 from shareddb import DbService
@@ -96,4 +99,24 @@ def db(db_url: str) -> Iterator[DbService]:
     """An open, initialized DbService on each backend."""
     with DbService(db_url) as service:
         service.initialize()
+        pool = service.get_sql()
+        if isinstance(pool, ConnectionPool):
+            settle(pool)
         yield service
+
+
+def settle(pool: ConnectionPool[Any]) -> None:
+    """Wait until the pool's worker has made every connection it set out to make.
+
+    initialize() on a new database drains the pool and a first request that waits
+    grows it; the worker then connects in the background, and each new connection
+    draws from the global `random` (expiry jitter), which Hypothesis reports as a
+    strategy using `random` when it overlaps a draw.
+    """
+    deadline = time.monotonic() + 30
+    while True:
+        stats = pool.get_stats()
+        if stats["pool_available"] == stats["pool_size"] >= stats["pool_min"]:
+            return
+        assert time.monotonic() < deadline, f"pool never settled: {stats}"
+        time.sleep(0.005)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import random
 import socket
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import psycopg
@@ -513,3 +515,10 @@ def test_connections_are_named_and_the_urls_own_settings_win(pg_url: str) -> Non
     with DbService(own, timeout=3) as db, db.connection() as conn:
         assert scalar(conn.execute("SHOW application_name")) == "myapp"
         assert conn.info.get_parameters()["connect_timeout"] == "11"
+
+
+def test_db_fixture_starts_tests_with_no_background_pool_work(db: DbService) -> None:
+    """A pool refilling behind the test draws from `random`, and Hypothesis fails on it."""
+    before = random.getstate()
+    time.sleep(0.2)
+    assert random.getstate() == before
