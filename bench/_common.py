@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.metadata
+import itertools
 import json
 import math
 import os
@@ -409,13 +410,17 @@ def time_round_robin(
 ) -> dict[str, Latency]:
     """Latency of every call on every item, the clients taking turns item by item.
 
-    Each item is run by every client back to back, in an order that rotates from
-    one item to the next, so drift in machine load and cache warmth hits all
-    clients alike. `items[name]` holds the same items in each client's own form.
+    Each item is run by every client back to back, in an order that cycles through
+    every permutation of the clients: each one runs first, last and right after
+    each other one equally often, so drift in machine load, cache warmth and the
+    garbage a heavy client leaves for the next one's collector hit all clients
+    alike (a rotation keeps the cyclic order, so one client would always follow
+    the same neighbour). `items[name]` holds the same items in each client's own form.
     Besides wall time, each call's CPU time in this thread is kept: what a client
     library costs over another shows there without the noise of a busy machine.
     """
     names = list(calls)
+    orders = list(itertools.permutations(names))
     wall: dict[str, list[float]] = {name: [] for name in names}
     cpu: dict[str, list[float]] = {name: [] for name in names}
     count = min(len(items[name]) for name in names)
@@ -424,8 +429,7 @@ def time_round_robin(
     for _ in range(repeat):
         for i in range(count):
             turn += 1
-            for j in range(len(names)):
-                name = names[(turn + j) % len(names)]
+            for name in orders[turn % len(orders)]:
                 call, item = calls[name], items[name][i]
                 start_cpu = cpu_clock()
                 start = clock()

@@ -34,6 +34,9 @@ VERSIONS_TABLE: Final = "shareddb_vector_versions"
 # matrix product can't push a true neighbour out of the top k.
 RERANK_MARGIN: Final = 16
 _LOWEST: Final = -np.finfo(np.float32).max  # cosine score of zero vectors: ranked last
+# Above this bound on peak^2 * dimension (which bounds |row . query|, |row|^2 and
+# |query|^2), float32 scores could overflow (an l2 score sums up to 3 such terms).
+_FLOAT32_SAFE: Final = float(np.finfo(np.float32).max) / 4
 _ID_CHUNK: Final = 500
 
 
@@ -60,6 +63,7 @@ class _Matrix:
         self._unit: Float32Array | None = None
         self._zero: np.ndarray[Any, np.dtype[np.bool_]] | None = None
         self._sqnorms: Float32Array | None = None
+        self._peak: float | None = None
         self._positions: dict[str, np.ndarray[Any, np.dtype[np.intp]]] | None = None
 
     def __len__(self) -> int:
@@ -76,6 +80,14 @@ class _Matrix:
                 unit.flags.writeable = False
                 self._unit, self._zero = unit, zero
             return self._unit, self._zero
+
+    def peak(self) -> float:
+        """The largest magnitude of any value: whether float32 products may overflow."""
+        with self._lock:
+            if self._peak is None:
+                raw = self.raw
+                self._peak = max(float(raw.max()), -float(raw.min())) if raw.size else 0.0
+            return self._peak
 
     def sqnorms(self) -> Float32Array:
         with self._lock:
@@ -378,8 +390,10 @@ def nearest(
 
     Candidates come from one float32 matrix-vector product (the cost of a bare
     numpy scan); the best ``k + margin`` are then re-ranked by distances computed
-    in float64, with ties in insertion order. Distances follow pgvector; a zero
-    row has no cosine distance (NaN) and comes last, as in PostgreSQL.
+    in float64, with ties in insertion order. Where values are so large that float32
+    products could overflow, every row is ranked in float64. Distances follow
+    pgvector; a zero row has no cosine distance (NaN) and comes last, as in
+    PostgreSQL.
     """
     n = len(matrix)
     empty = (np.empty(0, dtype=np.intp), np.empty(0, dtype=np.float64))
@@ -391,6 +405,10 @@ def nearest(
         if subset.size == 0:
             return empty
     raw = matrix.raw
+    peak = max(matrix.peak(), float(np.abs(query).max()))
+    if peak * peak * query.shape[0] > _FLOAT32_SAFE:
+        everyone = np.arange(n) if subset is None else subset
+        return _ranked(raw, everyone, query, k, metric)
     mask_from: np.ndarray[Any, np.dtype[np.intp]] | None = None
     if subset is not None and subset.size > n // 4:
         # A large share of the rows: one product over all of them and a mask is cheaper
@@ -421,7 +439,17 @@ def nearest(
         if candidates < m
         else np.arange(m)
     )
-    positions = top if subset is None else subset[top]
+    return _ranked(raw, top if subset is None else subset[top], query, k, metric)
+
+
+def _ranked(
+    raw: Float32Array,
+    positions: np.ndarray[Any, np.dtype[np.intp]],
+    query: Float32Array,
+    k: int,
+    metric: Metric,
+) -> tuple[np.ndarray[Any, np.dtype[np.intp]], np.ndarray[Any, np.dtype[np.float64]]]:
+    """The `k` nearest of the rows at `positions`, by distances computed in float64."""
     rows = raw[positions].astype(np.float64)
     q64 = query.astype(np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):

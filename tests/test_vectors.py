@@ -624,6 +624,26 @@ def test_sqlite_search_sees_another_connections_commits(sqlite_url: str) -> None
         assert mine.search([1.0, 0.0], 1)[0].qualified_task_id == "md#2"
 
 
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("scale", [1e17, 1e20, 1e36])
+def test_sqlite_search_ranks_values_too_large_for_float32_products(
+    sqlite_url: str, metric: str, scale: float
+) -> None:
+    """Squares and dot products of such values overflow float32: the ranking must not."""
+    rng = np.random.default_rng(7)
+    matrix = (rng.standard_normal((300, 24)) * scale).astype(np.float32)
+    query = (rng.standard_normal(24) * scale).astype(np.float32)
+    with DbService(sqlite_url) as db:
+        db.initialize()
+        vectors = VectorStorage(db)
+        vectors.upsert_many(([f"md#{i}" for i in range(300)], matrix))
+        for backend in (None, "md"):
+            results = vectors.search(query, 10, metric=metric, backend=backend)
+            expected, distances = brute_force(matrix, query, metric, 10)
+            assert row_numbers(results) == expected
+            assert [r.distance for r in results] == pytest.approx(distances.tolist(), rel=1e-9)
+
+
 def test_sqlite_cache_forgets_rows_of_a_rolled_back_transaction(sqlite_url: str) -> None:
     with DbService(sqlite_url) as db:
         db.initialize()
