@@ -197,23 +197,6 @@ def _index_build_progress(db: DbService) -> Callable[[], str | None]:
 # -- init --------------------------------------------------------------------------------
 
 
-class _AppliedLines(logging.Handler):
-    """Turns the runner's "applied migration" records into live lines and step changes."""
-
-    def __init__(self, on_applied: Callable[[str, float], None]) -> None:
-        super().__init__(logging.INFO)
-        self._on_applied = on_applied
-
-    def emit(self, record: logging.LogRecord) -> None:
-        args = record.args
-        if (
-            record.msg == "applied migration %s in %.1f ms"
-            and isinstance(args, tuple)
-            and len(args) == 2
-        ):
-            self._on_applied(str(args[0]), float(args[1]))  # type: ignore[arg-type]
-
-
 def _cmd_init(args: argparse.Namespace) -> int:
     url, _ = _target_url(args)
     with _service(args, url) as db:
@@ -224,27 +207,18 @@ def _cmd_init(args: argparse.Namespace) -> int:
         printed: set[str] = set()
         progress = Progress(detail=_index_build_progress(db))
 
-        def on_applied(label: str, ms: float) -> None:
+        def on_applied(migration: _migrate.AppliedMigration) -> None:
+            label = f"{migration.namespace}/{migration.name}"
             printed.add(label)
             if not args.json:
-                print(f"applied {label} ({_duration(ms)})", flush=True)
+                print(f"applied {label} ({_duration(migration.execution_ms)})", flush=True)
             rest = [p for p in pending if p not in printed]
             progress.step(f"applying {rest[0]}" if rest else "finishing")
 
-        handler = _AppliedLines(on_applied)
-        migrate_logger = logging.getLogger("shareddb.migrate")
-        old_level = migrate_logger.level
-        migrate_logger.addHandler(handler)
-        if migrate_logger.getEffectiveLevel() > logging.INFO:
-            migrate_logger.setLevel(logging.INFO)
         started = time.perf_counter()
-        try:
-            with progress:
-                progress.step(f"applying {pending[0]}" if pending else "checking the schema")
-                report = db.initialize()
-        finally:
-            migrate_logger.removeHandler(handler)
-            migrate_logger.setLevel(old_level)
+        with progress:
+            progress.step(f"applying {pending[0]}" if pending else "checking the schema")
+            report = db.initialize(on_applied=on_applied)
         total_ms = (time.perf_counter() - started) * 1000
         if args.json:
             _emit_json(
@@ -258,10 +232,6 @@ def _cmd_init(args: argparse.Namespace) -> int:
                 }
             )
             return EXIT_OK
-        for m in report.applied:
-            label = f"{m.namespace}/{m.name}"
-            if label not in printed:
-                print(f"applied {label} ({_duration(m.execution_ms)})")
         if report.up_to_date:
             print(f"up to date ({_plural(sum(1 for m in before if m.applied), 'migration')})")
         else:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import importlib.resources
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -68,6 +68,10 @@ class AppliedMigration:
     version: int
     name: str
     execution_ms: float
+
+
+# Called with each migration right after it is committed (live progress, e.g. `shareddb init`).
+OnApplied = Callable[[AppliedMigration], None]
 
 
 @dataclass(frozen=True)

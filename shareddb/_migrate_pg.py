@@ -17,6 +17,7 @@ from ._migrate import (
     AppliedMigration,
     LedgerRow,
     MigrationFile,
+    OnApplied,
     split_statements,
     statement_error,
     verify,
@@ -85,6 +86,7 @@ def migrate(
     *,
     timeout: float,
     lock_timeout: float,
+    on_applied: OnApplied | None = None,
 ) -> tuple[list[AppliedMigration], str]:
     """Lock, verify, ensure pgvector, apply pending files; returns them and pgvector's version.
 
@@ -101,7 +103,12 @@ def migrate(
             pgvector = ensure_pgvector(conn, target)
             if fast is None:
                 conn.execute(CREATE_LEDGER)
-            return [_apply(conn, m) for m in pending], pgvector
+            applied: list[AppliedMigration] = []
+            for migration in pending:
+                applied.append(_apply(conn, migration))
+                if on_applied is not None:
+                    on_applied(applied[-1])
+            return applied, pgvector
         finally:
             if not conn.broken:
                 conn.execute(UNLOCK, (LOCK_KEY,))

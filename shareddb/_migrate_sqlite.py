@@ -17,6 +17,7 @@ from ._migrate import (
     AppliedMigration,
     LedgerRow,
     MigrationFile,
+    OnApplied,
     split_statements,
     statement_error,
     verify,
@@ -61,7 +62,12 @@ def read_ledger(conn: sqlite3.Connection) -> list[LedgerRow] | None:
 
 
 def migrate(
-    conn: sqlite3.Connection, files: Sequence[MigrationFile], *, where: str, timeout: float
+    conn: sqlite3.Connection,
+    files: Sequence[MigrationFile],
+    *,
+    where: str,
+    timeout: float,
+    on_applied: OnApplied | None = None,
 ) -> list[AppliedMigration]:
     """Apply pending files one transaction at a time; the caller holds the connection lock."""
     applied: list[AppliedMigration] = []
@@ -74,16 +80,17 @@ def migrate(
                 conn.execute("COMMIT")
                 return applied
             migration = pending[0]
-            if migration.transactional:
-                applied.append(_apply_in_transaction(conn, migration))
-                conn.execute("COMMIT")
-                continue
+            done = _apply_in_transaction(conn, migration) if migration.transactional else None
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
-        applied.append(_apply_without_transaction(conn, migration, where, timeout))
+        if done is None:
+            done = _apply_without_transaction(conn, migration, where, timeout)
+        applied.append(done)
+        if on_applied is not None:
+            on_applied(done)
 
 
 def is_busy(error: sqlite3.Error) -> bool:

@@ -593,7 +593,9 @@ class DbService:
         backend = self.get_backend_type()
         return _migrate.discover_all(_migrate.migration_folders(backend, self._schema_dirs))
 
-    def initialize(self, *, lock_timeout: float = 600.0) -> _migrate.MigrationReport:
+    def initialize(
+        self, *, lock_timeout: float = 600.0, on_applied: _migrate.OnApplied | None = None
+    ) -> _migrate.MigrationReport:
         """Bring the schema up to date: verify the ledger, ensure pgvector, apply pending files.
 
         Connects if needed. Idempotent and safe to call from many processes at
@@ -603,15 +605,20 @@ class DbService:
         applied one; ExtensionMissingError when pgvector is unavailable.
 
         :param lock_timeout: seconds to wait for another process's migration.
+        :param on_applied: called with each `AppliedMigration` as soon as it is
+            committed, for live progress (the report lists them all at the end).
         """
         self._ensure_open()
         files = self._migration_files()
         if self._pool is not None:
-            return self._initialize_postgres(files, lock_timeout)
-        return self._initialize_sqlite(files)
+            return self._initialize_postgres(files, lock_timeout, on_applied)
+        return self._initialize_sqlite(files, on_applied)
 
     def _initialize_postgres(
-        self, files: list[_migrate.MigrationFile], lock_timeout: float
+        self,
+        files: list[_migrate.MigrationFile],
+        lock_timeout: float,
+        on_applied: _migrate.OnApplied | None,
     ) -> _migrate.MigrationReport:
         assert self._pool is not None
         with self._autocommit() as conn:
@@ -623,7 +630,11 @@ class DbService:
                 self._refresh_vector_types()
                 return _migrate.MigrationReport()
         applied, self._pgvector_version = _migrate_pg.migrate(
-            self._target, files, timeout=self._timeout, lock_timeout=lock_timeout
+            self._target,
+            files,
+            timeout=self._timeout,
+            lock_timeout=lock_timeout,
+            on_applied=on_applied,
         )
         self._refresh_vector_types()
         return _migrate.MigrationReport(applied)
@@ -637,7 +648,9 @@ class DbService:
             self._vector_types_missing = False
             self._pool.drain()
 
-    def _initialize_sqlite(self, files: list[_migrate.MigrationFile]) -> _migrate.MigrationReport:
+    def _initialize_sqlite(
+        self, files: list[_migrate.MigrationFile], on_applied: _migrate.OnApplied | None
+    ) -> _migrate.MigrationReport:
         conn = self._sqlite
         assert conn is not None
         with self._sqlite_lock:
@@ -650,7 +663,11 @@ class DbService:
             if ledger is not None and not _migrate.verify(files, ledger):
                 return _migrate.MigrationReport()
             applied = _migrate_sqlite.migrate(
-                conn, files, where=f"SQLite database {self._target.url}", timeout=self._timeout
+                conn,
+                files,
+                where=f"SQLite database {self._target.url}",
+                timeout=self._timeout,
+                on_applied=on_applied,
             )
         return _migrate.MigrationReport(applied)
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import sqlite3
+from contextlib import closing
 from pathlib import Path
 
+import psycopg
 import pytest
 from foundation_helpers import AppMigrations, builtin_files, index_exists, ledger, table_exists
 
 from shareddb import (
+    AppliedMigration,
     ChecksumMismatchError,
     DbService,
     MigrationError,
@@ -102,6 +105,34 @@ def test_app_migrations_apply_in_version_order_and_are_reported(
         assert not report.up_to_date
         assert all(m.execution_ms >= 0 for m in report.applied)
         assert ledger(db) == [(1, "0001_first.sql"), (9, "0009_second.sql"), (10, "0010_third.sql")]
+
+
+def committed_versions(url: str, namespace: str) -> set[int]:
+    """The ledger's versions of `namespace` as a separate connection sees them."""
+    query = "SELECT version FROM schema_migrations WHERE namespace = "
+    if backend_of(url) == "sqlite":
+        with closing(sqlite3.connect(url.removeprefix("sqlite:///"))) as conn:
+            return {row[0] for row in conn.execute(query + "?", (namespace,))}
+    with psycopg.connect(url) as pg:
+        return {row[0] for row in pg.execute(query + "%s", (namespace,))}
+
+
+def test_on_applied_reports_each_migration_once_it_is_committed(
+    db_url: str, app: AppMigrations
+) -> None:
+    app.write("0001_t.sql", "CREATE TABLE t (id integer PRIMARY KEY);\n")
+    app.write("0002_idx.sql", "-- shareddb:no-transaction\nCREATE INDEX t_id_idx ON t (id);\n")
+    app.write("0003_row.sql", "INSERT INTO t (id) VALUES (1);\n")
+    seen: list[tuple[AppliedMigration, set[int]]] = []
+    with app.service(db_url) as db:
+        report = db.initialize(
+            on_applied=lambda m: seen.append((m, committed_versions(db_url, m.namespace)))
+        )
+        assert [m for m, _ in seen] == report.applied
+        assert [m.version for m, _ in seen if m.namespace == "app"] == [1, 2, 3]
+        assert all(m.version in committed for m, committed in seen)
+        assert db.initialize(on_applied=lambda m: seen.append((m, set()))).up_to_date
+        assert len(seen) == len(report.applied)
 
 
 def test_initialize_is_idempotent(db_url: str, app: AppMigrations) -> None:
