@@ -584,6 +584,46 @@ def test_create_table_gives_a_custom_table_the_same_behaviour(db: DbService) -> 
     assert custom.count() == 3 and default.count() == 1
 
 
+def sqlite_ddl(text: str) -> str:
+    """DDL text with layout, quotes and IF NOT EXISTS taken out, for comparisons."""
+    text = " ".join(text.replace("IF NOT EXISTS ", "").replace('"', "").split())
+    return text.replace("( ", "(").replace(" )", ")")
+
+
+def table_shape(db: DbService, table: str) -> list[tuple[Any, ...]]:
+    """Columns, constraints, indexes and triggers of `table`, its name written as T."""
+    with db.connection() as conn:
+        if db.get_backend_type() == "sqlite":
+            rows = conn.execute(
+                "SELECT type, sql FROM sqlite_master WHERE tbl_name = ? AND sql IS NOT NULL",
+                (table,),
+            ).fetchall()
+            return sorted((kind, sqlite_ddl(text.replace(table, "T"))) for kind, text in rows)
+        columns = conn.execute(
+            "SELECT attname, format_type(atttypid, atttypmod), attnotnull, attidentity, "
+            "pg_get_expr(d.adbin, d.adrelid) FROM pg_attribute a "
+            "LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum "
+            "WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+            (table,),
+        ).fetchall()
+        rest = conn.execute(
+            "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint "
+            "WHERE conrelid = %s::regclass "
+            "UNION ALL SELECT c.relname, pg_get_indexdef(i.indexrelid) FROM pg_index i "
+            "JOIN pg_class c ON c.oid = i.indexrelid WHERE i.indrelid = %s::regclass",
+            (table, table),
+        ).fetchall()
+    named = [tuple(str(v).replace(table, "T") for v in row) for row in columns + rest]
+    return sorted(named)
+
+
+def test_create_table_builds_what_the_migration_builds(db: DbService) -> None:
+    """create_table() repeats the 0001 migration's DDL: the two must not drift apart."""
+    VectorStorage(db, table="doc_vectors").create_table()
+    assert table_shape(db, "doc_vectors") == table_shape(db, "task_embeddings")
+    assert len(table_shape(db, "doc_vectors")) >= 4
+
+
 def test_index_methods_on_sqlite_do_nothing_and_say_so(
     sqlite_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
