@@ -314,7 +314,12 @@ class DbService:
         )
         # Fail here with libpq's reason rather than later with a bare pool timeout.
         connect(self._target, self._timeout).close()
-        pool.open()
+        # Wait for min_size connections: a first request that found the pool still
+        # connecting would make it grow, leaving one connection more than needed.
+        try:
+            pool.open(wait=True, timeout=self._timeout)
+        except PoolTimeout as e:  # the pool is closed again
+            raise unavailable(self._target, e) from None
         return pool
 
     def _open_sqlite(self) -> sqlite3.Connection:

@@ -522,3 +522,17 @@ def test_db_fixture_starts_tests_with_no_background_pool_work(db: DbService) -> 
     before = random.getstate()
     time.sleep(0.2)
     assert random.getstate() == before
+
+
+def test_a_single_threaded_user_holds_one_pooled_connection(pg_url: str) -> None:
+    with DbService(pg_url) as db:
+        db.initialize()  # a new database: creates pgvector and remakes the pooled connections
+    with DbService(pg_url) as db:
+        pool = db.get_sql()
+        assert isinstance(pool, ConnectionPool)
+        db.initialize()
+        for _ in range(20):
+            with db.connection() as conn:
+                conn.execute("SELECT 1")
+            assert db.migration_status()
+        assert pool.get_stats()["pool_size"] == 1
