@@ -25,6 +25,7 @@ from typing import Any, Final, LiteralString, TextIO
 import numpy as np
 from pgvector import Vector
 
+from ._doctor import table_exists
 from ._service import DbService
 from ._url import BackendType, parse_url
 from .errors import ConfigError, ShareddbError
@@ -152,15 +153,6 @@ class _Side:
         # Binary results on PostgreSQL: vectors arrive as float32 bits, not decimal text.
         return conn.cursor(binary=True) if self.backend == "postgres" else conn.cursor()
 
-    def has_table(self, conn: Any, table: str) -> bool:
-        if self.backend == "postgres":
-            row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()
-        else:
-            row = conn.execute(
-                "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)
-            ).fetchone()
-        return bool(row[0])
-
     # Rows in the common form: timestamps as aware UTC datetimes, embeddings as the
     # little-endian float32 bytes that SQLite stores.
     def read(self, table: str, row: Sequence[Any]) -> Row:
@@ -263,7 +255,7 @@ def _copy_table(
     src_sql, dst_sql = _TABLE_SQL[table](source.backend), _TABLE_SQL[table](dest.backend)
     started = time.perf_counter()
     with source.db.connection() as conn:
-        if not source.has_table(conn, table):
+        if not table_exists(source.db, conn, table):
             raise ShareddbError(
                 f"the source database {source.db.url} has no {table} table; run "
                 "`shareddb init` on it first, or pass --only for the other table"

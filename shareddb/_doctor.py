@@ -18,7 +18,13 @@ import psycopg
 from . import _embedded
 from ._config import load_config
 from ._embedding import MAX_HALFVEC_INDEX_DIMENSION
-from ._pg import ITERATIVE_SCAN_PGVECTOR, MIN_PGVECTOR, connect_kwargs, version_tuple
+from ._pg import (
+    ITERATIVE_SCAN_PGVECTOR,
+    MIN_PGVECTOR,
+    PGVECTOR_VERSIONS,
+    connect_kwargs,
+    version_tuple,
+)
 from ._service import DbService
 from ._url import DbTarget, parse_url
 from ._vectors_pg import MAX_BUILD_MEMORY_KB, build_memory_kb
@@ -246,10 +252,7 @@ class Doctor:
     def check_pgvector(self, db: DbService) -> None:
         with db.connection() as conn:
             server_major = conn.info.server_version // 10000
-            row = conn.execute(
-                "SELECT default_version, installed_version FROM pg_available_extensions "
-                "WHERE name = 'vector'"
-            ).fetchone()
+            row = conn.execute(PGVECTOR_VERSIONS).fetchone()
             if row is None:
                 self.add(
                     "pgvector",

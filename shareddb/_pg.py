@@ -21,6 +21,10 @@ logger = logging.getLogger("shareddb")
 APPLICATION_NAME = "shareddb"
 MIN_PGVECTOR = (0, 5, 0)
 ITERATIVE_SCAN_PGVECTOR = (0, 8, 0)
+# pgvector's (default_version, installed_version) on the server; no row when not installed.
+PGVECTOR_VERSIONS = (
+    "SELECT default_version, installed_version FROM pg_available_extensions WHERE name = 'vector'"
+)
 
 PgConnection = psycopg.Connection[tuple[Any, ...]]
 PgCursor = psycopg.Cursor[tuple[Any, ...]]
@@ -133,10 +137,7 @@ def ensure_pgvector(conn: PgConnection, target: DbTarget) -> str:
     """Create pgvector if needed and return its version; ExtensionMissingError with the fix."""
     where = f"database {conn.info.dbname!r} on {target.masked}"
     major = conn.info.server_version // 10000
-    row = conn.execute(
-        "SELECT default_version, installed_version FROM pg_available_extensions "
-        "WHERE name = 'vector'"
-    ).fetchone()
+    row = conn.execute(PGVECTOR_VERSIONS).fetchone()
     if row is None:
         raise ExtensionMissingError(
             f"pgvector is not installed on the PostgreSQL {major} server of {where}; "

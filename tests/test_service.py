@@ -517,6 +517,9 @@ def test_connections_are_named_and_the_urls_own_settings_win(pg_url: str) -> Non
         assert conn.info.get_parameters()["connect_timeout"] == "11"
 
 
+@pytest.mark.parametrize(
+    "db_url", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
+)
 def test_db_fixture_starts_tests_with_no_background_pool_work(db: DbService) -> None:
     """A pool refilling behind the test draws from `random`, and Hypothesis fails on it."""
     before = random.getstate()
