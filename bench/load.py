@@ -33,9 +33,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, cast
 
-import _common as c
 import numpy as np
 import psycopg
+from _datasets import ids_for
+from _peers import PEERS_HINT, close_langchain, langchain_store, optional_import
+from _report import Report, add_output_args
+from _servers import add_server_args, scratch_database, server_facts
 from pgvector.psycopg import register_vector
 from psycopg import sql
 
@@ -50,8 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    c.add_server_args(parser)
-    c.add_output_args(parser)
+    add_server_args(parser)
+    add_output_args(parser)
     parser.add_argument(
         "--n", type=int, default=10_000, help="rows per load [default: %(default)s]"
     )
@@ -228,7 +231,7 @@ def build_experiment(
     dim = 384
     rng = np.random.default_rng(seed + 1)
     matrix = rng.standard_normal((rows, dim), dtype=np.float32)
-    ids = [f"{c.ID_PREFIX}{i}" for i in range(rows)]
+    ids = ids_for(rows)
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(TABLE)))
         default_mem = str(conn.execute("SHOW maintenance_work_mem").fetchone()[0])  # type: ignore[index]
@@ -305,26 +308,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     dims = [int(d) for d in args.dims.split(",") if d.strip()]
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    report = c.Report("load", {k: (str(v) if k == "out" else v) for k, v in vars(args).items()})
-    with c.scratch_database(args.dsn) as url:
-        report.facts |= c.server_facts(url)
+    report = Report("load", {k: (str(v) if k == "out" else v) for k, v in vars(args).items()})
+    with scratch_database(args.dsn) as url:
+        report.facts |= server_facts(url)
         with DbService(url, min_size=1, max_size=2) as db:
             db.initialize()
             storage = VectorStorage(db)
             peer = None
             if args.no_peers:
                 report.skip("langchain-postgres", "--no-peers")
-            elif c.optional_import("langchain_postgres", "the langchain-postgres loader"):
-                peer = c.langchain_store(url, "cosine")
+            elif optional_import("langchain_postgres", "the langchain-postgres loader"):
+                peer = langchain_store(url, "cosine")
             else:
-                report.skip("langchain-postgres", f"not installed ({c.PEERS_HINT})")
+                report.skip("langchain-postgres", f"not installed ({PEERS_HINT})")
             loaders = Loaders(url, storage, peer)
             rng = np.random.default_rng(args.seed)
             load_rows: list[list[Any]] = []
             build_rows: list[list[Any]] = []
             for dim in dims:
                 matrix = rng.standard_normal((args.n, dim), dtype=np.float32)
-                ids = [f"{c.ID_PREFIX}{i}" for i in range(args.n)]
+                ids = ids_for(args.n)
                 rates = load_rates(loaders, ids, matrix, args.repeat)
                 floor = rates["binary COPY (floor)"]
                 ours = rates["shareddb upsert_many"]
@@ -340,7 +343,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     )
             loaders.close()
             if peer is not None:
-                c.close_langchain(peer)
+                close_langchain(peer)
             report.table(
                 f"Load {args.n:,} rows (median of {args.repeat})",
                 ["dim", "method", "rows/s", "vs binary COPY", "upsert_many is x"],

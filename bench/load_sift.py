@@ -22,9 +22,10 @@ import sys
 import time
 from collections.abc import Callable
 
-import _common as c
 import numpy as np
 import psycopg
+from _datasets import add_data_dir_arg, data_dir, load_siftsmall
+from _servers import add_server_args, scratch_database
 from pgvector.psycopg import register_vector
 
 from shareddb import DbService, VectorStorage
@@ -39,12 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    c.add_server_args(parser)
-    parser.add_argument(
-        "--data-dir",
-        default=None,
-        help="folder holding siftsmall/ [default: $SHAREDDB_BENCH_DATA or ../shared/data]",
-    )
+    add_server_args(parser)
+    add_data_dir_arg(parser, "siftsmall/")
     parser.add_argument(
         "--repeat", type=int, default=5, help="loads per method, median [default: %(default)s]"
     )
@@ -72,10 +69,10 @@ def timed(prepare: Callable[[], None], work: Callable[[], object]) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    data = c.load_siftsmall(c.data_dir(args.data_dir))
+    data = load_siftsmall(data_dir(args.data_dir))
     ids = [f"sift#{i}" for i in range(data.n)]
     matrix = data.base
-    with c.scratch_database(args.dsn) as url, DbService(url) as db:
+    with scratch_database(args.dsn) as url, DbService(url) as db:
         db.initialize()
         direct = psycopg.connect(url, autocommit=True)
         register_vector(direct)

@@ -29,9 +29,13 @@ import time
 from collections.abc import Sequence
 from typing import Any, cast
 
-import _common as c
 import numpy as np
 import psycopg
+from _datasets import Dataset, add_dataset_args, load_dataset, recall_at_k, row_of
+from _peers import PEERS_HINT, close_langchain, langchain_store, optional_import
+from _report import Report, add_output_args, plot_recall_qps
+from _servers import add_server_args, scratch_database, server_facts
+from _timing import Latency, time_each, time_round_robin
 from pgvector.psycopg import register_vector
 from psycopg import sql
 
@@ -61,7 +65,7 @@ class ShareddbClient:
 
     def search(self, query: np.ndarray) -> list[int]:
         hits = self.storage.search(query, self.k, metric=self.metric, **self.options)
-        return [c.row_of(hit.qualified_task_id) for hit in hits]
+        return [row_of(hit.qualified_task_id) for hit in hits]
 
     def close(self) -> None:
         pass
@@ -97,7 +101,7 @@ class DirectClient:
 
     def search(self, query: np.ndarray) -> list[int]:
         rows = self.conn.execute(self.query, (query,)).fetchall()
-        return [c.row_of(row[0]) for row in rows]
+        return [row_of(row[0]) for row in rows]
 
     def explain(self, query: np.ndarray) -> str:
         plan = self.conn.execute(sql.SQL("EXPLAIN ") + self.query, (query,)).fetchall()
@@ -114,7 +118,7 @@ class LangchainClient:
 
     def __init__(self, url: str, dim: int, metric: str, k: int) -> None:
         self.url, self.dim, self.metric, self.k = url, dim, metric, k
-        self.store = c.langchain_store(url, metric)
+        self.store = langchain_store(url, metric)
         self.lists: list[list[float]] = []
 
     def load(self, ids: list[str], matrix: np.ndarray, batch: int = 1000) -> float:
@@ -160,17 +164,15 @@ class LangchainClient:
             conn.execute("DROP INDEX IF EXISTS bench_langchain_idx")
 
     def configure(self, method: str, value: int) -> None:
-        c.close_langchain(self.store)
-        self.store = c.langchain_store(
-            self.url, self.metric, settings={SETTING[method]: str(value)}
-        )
+        close_langchain(self.store)
+        self.store = langchain_store(self.url, self.metric, settings={SETTING[method]: str(value)})
 
     def search(self, query: list[float]) -> list[int]:
         hits = self.store.similarity_search_with_score_by_vector(query, self.k)
-        return [c.row_of(str(doc.id)) for doc, _score in hits]
+        return [row_of(str(doc.id)) for doc, _score in hits]
 
     def close(self) -> None:
-        c.close_langchain(self.store)
+        close_langchain(self.store)
 
 
 def parse_ints(text: str) -> list[int]:
@@ -181,9 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    c.add_dataset_args(parser, n=10_000, dim=384)
-    c.add_server_args(parser)
-    c.add_output_args(parser)
+    add_dataset_args(parser, n=10_000, dim=384)
+    add_server_args(parser)
+    add_output_args(parser)
     parser.add_argument("--k", type=int, default=10, help="neighbours [default: %(default)s]")
     parser.add_argument(
         "--methods", default="hnsw,ivfflat", help="indexes to bench [default: %(default)s]"
@@ -235,9 +237,9 @@ def sweep(
     for client in clients:
         client.configure(method, value)
         qs = queries[client.name]
-        _, found = c.time_each(client.search, qs)  # warm-up pass, and the answers
-        recall[client.name] = c.recall_at_k(found, truth, k)
-    latency = c.time_round_robin(
+        _, found = time_each(client.search, qs)  # warm-up pass, and the answers
+        recall[client.name] = recall_at_k(found, truth, k)
+    latency = time_round_robin(
         {client.name: client.search for client in clients},
         {client.name: queries[client.name] for client in clients},
         repeat,
@@ -247,11 +249,11 @@ def sweep(
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    ds = c.load_dataset(args)
+    ds = load_dataset(args)
     k = args.k
     truth = ds.ground_truth[:, :k]
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    report = c.Report(
+    report = Report(
         "search",
         {key: (str(v) if key == "out" else v) for key, v in vars(args).items()}
         | {"dataset_name": ds.name, "n": ds.n, "dim": ds.dim, "metric": ds.metric},
@@ -261,8 +263,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         flush=True,
     )
     series: dict[str, dict[str, list[tuple[float, float, str]]]] = {}
-    with c.scratch_database(args.dsn) as url:
-        report.facts |= c.server_facts(url)
+    with scratch_database(args.dsn) as url:
+        report.facts |= server_facts(url)
         with DbService(url, min_size=1, max_size=2) as db:
             db.initialize()
             storage = VectorStorage(db)
@@ -283,8 +285,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             peer = None
             if args.no_peers:
                 report.skip("langchain-postgres", "--no-peers")
-            elif c.optional_import("langchain_postgres", "the langchain-postgres client") is None:
-                report.skip("langchain-postgres", f"not installed ({c.PEERS_HINT})")
+            elif optional_import("langchain_postgres", "the langchain-postgres client") is None:
+                report.skip("langchain-postgres", f"not installed ({PEERS_HINT})")
             else:
                 peer = LangchainClient(url, ds.dim, ds.metric, k)
                 loads.append(["langchain-postgres add_embeddings", peer.load(ids, ds.base)])
@@ -302,7 +304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     summarize(report, methods)
     stem = f"search-{ds.name}"
     report.write(args.out, stem)
-    c.plot_recall_qps(
+    plot_recall_qps(
         args.out / f"{stem}.png",
         series,
         f"{ds.name} ({ds.n:,} x {ds.dim}, {ds.metric}), k={k}: recall vs QPS",
@@ -312,13 +314,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run_method(
     args: argparse.Namespace,
-    report: c.Report,
+    report: Report,
     storage: VectorStorage,
     clients: list[Any],
     peer: LangchainClient | None,
     queries: dict[str, Sequence[Any]],
     truth: np.ndarray,
-    ds: c.Dataset,
+    ds: Dataset,
     method: str,
     series: dict[str, dict[str, list[tuple[float, float, str]]]],
 ) -> None:
@@ -355,7 +357,7 @@ def run_method(
         results = sweep(clients, queries, truth, k, method, value, args.repeat)
         floor = results["direct"]["latency"].p50_ms
         for client, got in results.items():
-            lat: c.Latency = got["latency"]
+            lat: Latency = got["latency"]
             rows.append(
                 [
                     value,
@@ -412,12 +414,12 @@ def run_method(
 
 def run_tune(
     args: argparse.Namespace,
-    report: c.Report,
+    report: Report,
     storage: VectorStorage,
     shareddb_client: ShareddbClient,
     queries: dict[str, Sequence[Any]],
     truth: np.ndarray,
-    ds: c.Dataset,
+    ds: Dataset,
     method: str,
 ) -> None:
     k = len(truth[0])
@@ -446,8 +448,8 @@ def run_tune(
     if result.value is not None:
         shareddb_client.configure(method, result.value)
         qs = queries["shareddb"]
-        _, found = c.time_each(shareddb_client.search, qs)
-        real = c.recall_at_k(found, truth, k)
+        _, found = time_each(shareddb_client.search, qs)
+        real = recall_at_k(found, truth, k)
         print(
             f"tune chose {result.parameter}={result.value}: recall@{k} on the dataset's own "
             f"queries {real:.3f} (target {args.target_recall})",
@@ -480,7 +482,7 @@ def _describe(options: dict[str, int]) -> str:
     return ", ".join(f"{key}={v}" for key, v in options.items())
 
 
-def summarize(report: c.Report, methods: list[str]) -> None:
+def summarize(report: Report, methods: list[str]) -> None:
     """Per index, over the sweep: each client's p50 and client CPU relative to direct's."""
     rows: list[list[Any]] = []
     for method in methods:

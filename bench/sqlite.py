@@ -29,8 +29,11 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import _common as c
 import numpy as np
+from _datasets import METRICS, exact_neighbours, ids_for, recall_at_k, row_of
+from _peers import PEERS_HINT, optional_import
+from _report import Report, add_output_args
+from _timing import time_round_robin
 
 from shareddb import DbService
 from shareddb.vectors import VectorStorage
@@ -40,13 +43,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    c.add_output_args(parser)
+    add_output_args(parser)
     parser.add_argument(
         "--sizes", default="10000,100000,250000", help="rows per run [default: %(default)s]"
     )
     parser.add_argument("--dim", type=int, default=384, help="dimensions [default: %(default)s]")
     parser.add_argument(
-        "--metric", choices=c.METRICS, default="cosine", help="metric [default: %(default)s]"
+        "--metric", choices=METRICS, default="cosine", help="metric [default: %(default)s]"
     )
     parser.add_argument("--queries", type=int, default=100, help="queries [default: %(default)s]")
     parser.add_argument("--k", type=int, default=10, help="neighbours [default: %(default)s]")
@@ -95,7 +98,7 @@ class ShareddbClient:
 
     def search(self, query: np.ndarray) -> list[int]:
         hits = self.storage.search(query, self.k, metric=self.metric)
-        return [c.row_of(hit.qualified_task_id) for hit in hits]
+        return [row_of(hit.qualified_task_id) for hit in hits]
 
     def close(self) -> None:
         pass
@@ -177,14 +180,14 @@ def sqlite_folder(explicit: str | None) -> Iterator[Path]:
 
 def run_size(
     args: argparse.Namespace,
-    report: c.Report,
+    report: Report,
     matrix: np.ndarray,
     queries: np.ndarray,
     folder: Path,
     peer: tuple[str, Callable[[], Any]] | None,
 ) -> list[list[Any]]:
     n, k = len(matrix), args.k
-    truth = c.exact_neighbours(matrix, queries, args.metric, k, chunk=32)
+    truth = exact_neighbours(matrix, queries, args.metric, k, chunk=32)
     path = folder / f"bench-{n}.db"
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
@@ -192,7 +195,7 @@ def run_size(
     with DbService(f"sqlite:///{path}") as db:
         db.initialize()
         storage = VectorStorage(db)
-        ids = [f"{c.ID_PREFIX}{i}" for i in range(n)]
+        ids = ids_for(n)
         start = time.perf_counter()
         storage.upsert_many((ids, matrix))
         load_rate = n / (time.perf_counter() - start)
@@ -209,8 +212,8 @@ def run_size(
         recall: dict[str, float] = {}
         for client in clients:  # warm-up pass, checked against the exact answer
             found = [client.search(q) for q in queries]
-            recall[client.name] = c.recall_at_k(found, truth, k)
-        lat = c.time_round_robin(
+            recall[client.name] = recall_at_k(found, truth, k)
+        lat = time_round_robin(
             {client.name: client.search for client in clients},
             {client.name: list(queries) for client in clients},
             args.repeat,
@@ -268,19 +271,19 @@ def run_size(
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
-    report = c.Report("sqlite", {k: (str(v) if k == "out" else v) for k, v in vars(args).items()})
+    report = Report("sqlite", {k: (str(v) if k == "out" else v) for k, v in vars(args).items()})
     peer = None
     if args.no_peers:
         report.skip("sqlite-vec", "--no-peers")
-    elif c.optional_import("sqlite_vec", "the sqlite-vec client") is None:
-        report.skip("sqlite-vec", f"not installed ({c.PEERS_HINT})")
+    elif optional_import("sqlite_vec", "the sqlite-vec client") is None:
+        report.skip("sqlite-vec", f"not installed ({PEERS_HINT})")
     else:
         peer = _extension_sqlite()
         if peer is None:
             report.skip(
                 "sqlite-vec",
                 "no SQLite binding here can load extensions; pip install apsw (or "
-                f"pysqlite3-binary); {c.PEERS_HINT}",
+                f"pysqlite3-binary); {PEERS_HINT}",
             )
         else:
             report.facts["sqlite_vec_binding"] = peer[0]

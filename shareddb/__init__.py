@@ -1,10 +1,10 @@
 """shareddb: one shared database layer in plain SQL, on SQLite or PostgreSQL + pgvector."""
 
-from ._config import DbConfig, load_config
-from ._migrate import AppliedMigration, MigrationInfo, MigrationReport
-from ._service import DbService
-from ._shared import close_shared_dbs, get_shared_db
-from .errors import (
+from shareddb._core.config import DbConfig, load_config
+from shareddb._core.service import DbService
+from shareddb._core.shared import close_shared_dbs, get_shared_db
+from shareddb._migrations.ledger import AppliedMigration, MigrationInfo, MigrationReport
+from shareddb.errors import (
     ChecksumMismatchError,
     ConfigError,
     DatabaseUnavailableError,
@@ -19,8 +19,12 @@ from .errors import (
     SessionNotFoundError,
     ShareddbError,
 )
-from .sessions import SessionRecord, SessionStorage
-from .vectors import IndexInfo, SearchResult, VectorStorage
+from shareddb.sessions import SessionRecord, SessionStorage
+from shareddb.vectors import IndexInfo, SearchResult, VectorStorage
+
+# Public types defined in private modules show (and pickle) under the name users import.
+for _public in (AppliedMigration, DbConfig, DbService, MigrationInfo, MigrationReport):
+    _public.__module__ = __name__
 
 __all__ = [
     "AppliedMigration",

@@ -10,7 +10,15 @@ from __future__ import annotations
 
 
 class ShareddbError(Exception):
-    """Base class of every error shareddb raises on purpose."""
+    """Base class of every error shareddb raises on purpose.
+
+    `fix` is the next step on its own (as psycopg's ``diag.message_hint``) when the
+    error was raised with one; the message then ends with it, after ``"; "``.
+    """
+
+    def __init__(self, message: str = "", *, fix: str | None = None) -> None:
+        super().__init__(f"{message}; {fix}" if fix else message)
+        self.fix = fix
 
 
 class ConfigError(ShareddbError, ValueError):
@@ -41,8 +49,9 @@ class MigrationError(ShareddbError):
         statement: int | None = None,
         line: int | None = None,
         sqlstate: str | None = None,
+        fix: str | None = None,
     ) -> None:
-        super().__init__(message)
+        super().__init__(message, fix=fix)
         self.namespace = namespace
         self.filename = filename
         self.statement = statement

@@ -9,20 +9,17 @@ from __future__ import annotations
 
 import builtins
 import logging
-import sqlite3
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final, LiteralString, cast
 
-import psycopg
-
-from ._text import check_stored_text
-from .errors import InvalidSessionError, SessionExistsError, SessionNotFoundError
+from shareddb._core.text import check_stored_text
+from shareddb._core.types import Connection
+from shareddb.errors import InvalidSessionError, SessionExistsError, SessionNotFoundError
 
 if TYPE_CHECKING:
-    from ._service import DbService
+    from shareddb._core.service import DbService
 
 __all__ = ["SessionRecord", "SessionStorage"]
 
@@ -111,7 +108,7 @@ def _utc(value: datetime) -> datetime:
     return value.astimezone(UTC)
 
 
-# -- SQL: written once with %s placeholders; the SQLite dialect swaps in ? ------------------
+# -- SQL: written once with %s placeholders; the engine's dialect swaps in its own ------------
 
 _SELECT: Final = (
     "SELECT session, repo_name, repo_url, branch, task_id, created_at, updated_at FROM sessions"
@@ -123,63 +120,6 @@ _UPDATE: Final = (
     "updated_at = %s WHERE session = %s"
 )
 _DELETE: Final = "DELETE FROM sessions WHERE session = %s"
-_INSERT_PG: Final = (
-    "INSERT INTO sessions (session, repo_name, repo_url, branch, task_id, created_at, "
-    "updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (session) DO NOTHING"
-)
-# seq = max + 1 is safe on SQLite: every write runs under BEGIN IMMEDIATE (one writer).
-_INSERT_SQLITE: Final = (
-    "INSERT INTO sessions (session, repo_name, repo_url, branch, task_id, created_at, "
-    "updated_at, seq) VALUES (?, ?, ?, ?, ?, ?, ?, "
-    "(SELECT coalesce(max(seq), 0) + 1 FROM sessions)) ON CONFLICT (session) DO NOTHING"
-)
-
-
-def _sqlite_time(value: datetime) -> str:
-    # Fixed width ('2025-01-31T09:30:00.000000+00:00'), so text order is time order.
-    return _utc(value).isoformat(timespec="microseconds")
-
-
-def _sqlite_read_time(value: Any) -> datetime:
-    return _utc(datetime.fromisoformat(value))
-
-
-def _pg_read_time(value: Any) -> datetime:
-    # psycopg returns timestamptz in the connection's TimeZone: normalise to UTC.
-    return _utc(value)
-
-
-@dataclass(frozen=True)
-class _Dialect:
-    """The SQL and value conversions that differ between the backends."""
-
-    placeholder: LiteralString
-    insert: LiteralString
-    get_for_update: LiteralString
-    connection_type: type
-    write_time: Callable[[datetime], Any]
-    read_time: Callable[[Any], datetime]
-
-    def sql(self, query: LiteralString) -> LiteralString:
-        return query.replace("%s", self.placeholder)
-
-
-_POSTGRES: Final = _Dialect(
-    placeholder="%s",
-    insert=_INSERT_PG,
-    get_for_update=_GET + " FOR UPDATE",
-    connection_type=psycopg.Connection,
-    write_time=_utc,
-    read_time=_pg_read_time,
-)
-_SQLITE: Final = _Dialect(
-    placeholder="?",
-    insert=_INSERT_SQLITE,
-    get_for_update=_GET.replace("%s", "?"),  # BEGIN IMMEDIATE already holds the write lock
-    connection_type=sqlite3.Connection,
-    write_time=_sqlite_time,
-    read_time=_sqlite_read_time,
-)
 
 
 class SessionStorage:
@@ -199,7 +139,8 @@ class SessionStorage:
 
     def __init__(self, db: DbService) -> None:
         self._db = db
-        self._dialect = _SQLITE if db.get_backend_type() == "sqlite" else _POSTGRES
+        self._engine = db.engine
+        self._dialect = db.engine.dialect
 
     def __repr__(self) -> str:
         return f"<SessionStorage on {self._db!r}>"
@@ -209,20 +150,6 @@ class SessionStorage:
         """The DbService this storage runs on."""
         return self._db
 
-    @contextmanager
-    def _connection(self, conn: Any, *, read: bool = False) -> Iterator[Any]:
-        if conn is None:
-            with self._db._reading() if read else self._db.connection() as own:
-                yield own
-            return
-        if not isinstance(conn, self._dialect.connection_type):
-            raise InvalidSessionError(
-                f"conn={conn!r} is not a {self._db.get_backend_type()} connection of "
-                f"{self._db!r}; pass the connection yielded by db.transaction(), or "
-                "leave conn out"
-            )
-        yield conn
-
     def _record(self, row: tuple[Any, ...]) -> SessionRecord:
         session, repo_name, repo_url, branch, task_id, created_at, updated_at = row
         return SessionRecord(
@@ -231,11 +158,11 @@ class SessionStorage:
             repo_url=repo_url,
             branch=branch,
             task_id=task_id,
-            created_at=self._dialect.read_time(created_at),
-            updated_at=self._dialect.read_time(updated_at),
+            created_at=self._engine.read_time(created_at),
+            updated_at=self._engine.read_time(updated_at),
         )
 
-    def add(self, record: SessionRecord, *, conn: Any = None) -> SessionRecord:
+    def add(self, record: SessionRecord, *, conn: Connection | None = None) -> SessionRecord:
         """Store a new session and return it with `created_at` and `updated_at` filled.
 
         Missing timestamps become the current UTC time (`updated_at` defaults to
@@ -249,22 +176,22 @@ class SessionStorage:
                 "SessionRecord(session=..., repo_name=..., repo_url=...)"
             )
         d = self._dialect
-        with self._connection(conn) as c:
+        with self._engine.joined(conn, error=InvalidSessionError) as c:
             # Stamped inside the transaction (on SQLite: under the write lock), so
             # created_at follows the insertion order that seq records.
             created = _utc(record.created_at) if record.created_at else _now()
             updated = _utc(record.updated_at) if record.updated_at else created
             stored = replace(record, created_at=created, updated_at=updated)
             cur = c.execute(
-                d.insert,
+                d.session_insert,
                 (
                     stored.session,
                     stored.repo_name,
                     stored.repo_url,
                     stored.branch,
                     stored.task_id,
-                    d.write_time(created),
-                    d.write_time(updated),
+                    self._engine.write_time(created),
+                    self._engine.write_time(updated),
                 ),
             )
             if cur.rowcount != 1:
@@ -275,10 +202,10 @@ class SessionStorage:
         logger.debug("added session %r", stored.session)
         return stored
 
-    def get(self, name: str, *, conn: Any = None) -> SessionRecord | None:
+    def get(self, name: str, *, conn: Connection | None = None) -> SessionRecord | None:
         """The session called `name`, or None when there is none."""
         _check_text("session name", name, indexed=True)
-        with self._connection(conn, read=True) as c:
+        with self._engine.joined(conn, read=True, error=InvalidSessionError) as c:
             row = c.execute(self._dialect.sql(_GET), (name,)).fetchone()
         return None if row is None else self._record(row)
 
@@ -288,7 +215,7 @@ class SessionStorage:
         repo_name: str | None = None,
         task_id: str | None = None,
         limit: int | None = None,
-        conn: Any = None,
+        conn: Connection | None = None,
     ) -> builtins.list[SessionRecord]:
         """Sessions, newest first, optionally only those of a repository and/or a task.
 
@@ -316,11 +243,11 @@ class SessionStorage:
                 )
             query += " LIMIT %s"
             params.append(limit)
-        with self._connection(conn, read=True) as c:
+        with self._engine.joined(conn, read=True, error=InvalidSessionError) as c:
             rows = c.execute(self._dialect.sql(query), params).fetchall()
         return [self._record(row) for row in rows]
 
-    def get_by_task(self, task_id: str, *, conn: Any = None) -> SessionRecord | None:
+    def get_by_task(self, task_id: str, *, conn: Connection | None = None) -> SessionRecord | None:
         """The newest session working on `task_id` (``md#253``), or None when there is none.
 
         Several sessions may share a task; use ``list(task_id=...)`` for all of them.
@@ -329,7 +256,9 @@ class SessionStorage:
         found = self.list(task_id=task_id, limit=1, conn=conn)
         return found[0] if found else None
 
-    def update(self, name: str, *, conn: Any = None, **changes: str | None) -> SessionRecord:
+    def update(
+        self, name: str, *, conn: Connection | None = None, **changes: str | None
+    ) -> SessionRecord:
         """Change some of `repo_name`, `repo_url`, `branch`, `task_id`; return the new record.
 
         Sets `updated_at` to the current time (always later than its previous value;
@@ -365,8 +294,8 @@ class SessionStorage:
                     indexed=field_name == "task_id",
                 )
         d = self._dialect
-        with self._connection(conn) as c:
-            row = c.execute(d.get_for_update, (name,)).fetchone()
+        with self._engine.joined(conn, error=InvalidSessionError) as c:
+            row = c.execute(d.sql(_GET) + d.session_for_update, (name,)).fetchone()
             if row is None:
                 raise SessionNotFoundError(
                     f"session {name!r} does not exist; add() it first, or check the name"
@@ -382,17 +311,17 @@ class SessionStorage:
                     new.repo_url,
                     new.branch,
                     new.task_id,
-                    d.write_time(touched),
+                    self._engine.write_time(touched),
                     name,
                 ),
             )
         logger.debug("updated session %r: %s", name, sorted(changes))
         return new
 
-    def delete(self, name: str, *, conn: Any = None) -> bool:
+    def delete(self, name: str, *, conn: Connection | None = None) -> bool:
         """Delete the session called `name`; True if it existed, False if there was none."""
         _check_text("session name", name, indexed=True)
-        with self._connection(conn) as c:
+        with self._engine.joined(conn, error=InvalidSessionError) as c:
             deleted: int = c.execute(self._dialect.sql(_DELETE), (name,)).rowcount
         if deleted:
             logger.debug("deleted session %r", name)

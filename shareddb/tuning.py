@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._embedding import MAX_K, Metric, as_dimension, as_int, check_metric
-from .errors import InvalidArgumentError, InvalidEmbeddingError, ShareddbError
+from shareddb._vectors.validation import MAX_K, Metric, as_dimension, as_int, check_metric
+from shareddb.errors import InvalidArgumentError, InvalidEmbeddingError, ShareddbError
 
 if TYPE_CHECKING:
-    from .vectors import IndexInfo, VectorStorage
+    from shareddb.vectors import IndexInfo, VectorStorage
 
 __all__ = ["TuneResult", "TuneRow", "tune"]
 
@@ -168,7 +168,7 @@ def tune(
         )
     top = as_int(k, "k", 1, MAX_K - 1)  # searches ask for k + 1 rows
     size = as_int(sample, "sample", 1, 100_000)
-    db = storage._db
+    db = storage.db
     where = f"table {storage.table!r}"
     if db.get_backend_type() != "postgres":
         raise ShareddbError(
@@ -330,15 +330,7 @@ def _check_plan(
 
 def _sample_ids(storage: VectorStorage, dim: int, size: int, seed: int) -> list[str]:
     """`size` ids of that dimension in a pseudo-random order fixed by `seed`."""
-    from psycopg import sql
-
-    query = sql.SQL(
-        "SELECT qualified_task_id FROM {} WHERE dimension = %s "
-        "ORDER BY md5(qualified_task_id || %s) LIMIT %s"
-    ).format(sql.Identifier(storage.table))
-    with storage._db.connection() as conn:
-        rows = conn.execute(query, (dim, str(seed), size)).fetchall()
-    return [str(row[0]) for row in rows]
+    return storage.db.engine.vector_ops(storage.table).sample_ids(dim, size, seed)
 
 
 def _run(

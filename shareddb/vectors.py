@@ -9,138 +9,36 @@ little-endian float32 blobs and searches exactly with numpy over a cached matrix
 from __future__ import annotations
 
 import logging
-import sqlite3
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import psycopg
 
-from ._embedding import (
-    MAX_EF_SEARCH,
-    MAX_PROBES,
-    Float32Array,
+from shareddb._core.types import Connection
+from shareddb._vectors.batches import iter_batches
+from shareddb._vectors.request import index_request, search_request
+from shareddb._vectors.results import IndexInfo, SearchResult
+from shareddb._vectors.validation import (
     Method,
     Metric,
     as_dimension,
     as_embedding,
-    as_int,
-    as_query,
     check_backend,
-    check_indexable,
-    check_k,
-    check_method,
-    check_metric,
     check_table_name,
     check_task_id,
     default_backend,
 )
-from ._vector_batches import Batch, iter_batches
-from .errors import InvalidArgumentError
+from shareddb.errors import InvalidArgumentError
 
 if TYPE_CHECKING:
-    from ._service import DbService
+    from shareddb._core.service import DbService
+    from shareddb._vectors.ops import VectorOps
 
 __all__ = ["IndexInfo", "SearchResult", "VectorStorage"]
 
 logger = logging.getLogger("shareddb.vectors")
 
 DEFAULT_TABLE = "task_embeddings"
-# What the drivers raise for a table that is missing or lacks a column (sqlite3 raises
-# OperationalError for both, and for much else: see _raise_table_error).
-_DRIVER_ERRORS = (
-    psycopg.errors.UndefinedTable,
-    psycopg.errors.UndefinedColumn,
-    sqlite3.OperationalError,
-)
-
-
-class SearchResult(NamedTuple):
-    """One search hit: the task's id and its distance to the query (smaller is nearer).
-
-    Distances follow pgvector on both backends: ``cosine`` is 1 - cos θ, ``l2`` the
-    Euclidean distance, ``inner_product`` the negated dot product -(a·b).
-    """
-
-    qualified_task_id: str
-    distance: float
-
-
-@dataclass(frozen=True)
-class IndexInfo:
-    """A vector index of the table, as `VectorStorage.indexes()` reports it.
-
-    `parameters` holds the build options (``m`` and ``ef_construction`` for HNSW,
-    ``lists`` for IVFFlat); `size` is in bytes; `valid` is False for an index whose
-    ``CONCURRENTLY`` build failed (drop it and build again). `halfvec` tells that
-    the index compares in half precision (dimensions 2,001 to 4,000).
-    """
-
-    name: str
-    dimension: int
-    metric: str
-    method: str
-    parameters: dict[str, int] = field(default_factory=dict)
-    size: int = 0
-    valid: bool = True
-    halfvec: bool = False
-
-
-class _Backend(Protocol):
-    """What each backend implements; `conn` None means "open our own transaction"."""
-
-    def upsert(self, task_id: str, backend: str, embedding: Float32Array, conn: Any) -> None: ...
-
-    def upsert_many(self, batches: Iterator[Batch], conn: Any) -> int: ...
-
-    def get(self, task_id: str, conn: Any) -> Float32Array | None: ...
-
-    def delete(self, task_id: str, conn: Any) -> bool: ...
-
-    def count(self, dimension: int | None, conn: Any) -> int: ...
-
-    def search(
-        self,
-        query: Float32Array,
-        k: int,
-        metric: Metric,
-        backend: str | None,
-        exact: bool,
-        ef_search: int | None,
-        probes: int | None,
-        conn: Any,
-    ) -> list[SearchResult]: ...
-
-    def explain(
-        self,
-        query: Float32Array,
-        k: int,
-        metric: Metric,
-        backend: str | None,
-        exact: bool,
-        ef_search: int | None,
-        probes: int | None,
-        conn: Any,
-    ) -> str: ...
-
-    def create_index(
-        self,
-        dimension: int,
-        method: Method,
-        metric: Metric,
-        m: int,
-        ef_construction: int,
-        lists: int | None,
-        concurrently: bool,
-        conn: Any,
-    ) -> str: ...
-
-    def drop_index(self, name: str, concurrently: bool, conn: Any) -> None: ...
-
-    def indexes(self, conn: Any) -> list[IndexInfo]: ...
-
-    def create_table(self, conn: Any) -> None: ...
 
 
 class VectorStorage:
@@ -171,15 +69,9 @@ class VectorStorage:
     def __init__(self, db: DbService, *, table: str = DEFAULT_TABLE) -> None:
         self._db = db
         self._table = check_table_name(table)
-        self._impl: _Backend
-        if db.get_backend_type() == "postgres":
-            from ._vectors_pg import PgVectors
-
-            self._impl = PgVectors(db, self._table)
-        else:
-            from ._vectors_sqlite import SqliteVectors
-
-            self._impl = SqliteVectors(db, self._table)
+        self._engine = db.engine
+        self._impl: VectorOps = self._engine.vector_ops(self._table)
+        self._errors = self._engine.table_errors(self._table)
 
     def __repr__(self) -> str:
         return f"<VectorStorage {self._table!r} on {self._db!r}>"
@@ -189,26 +81,10 @@ class VectorStorage:
         """The table's name."""
         return self._table
 
-    def _raise_table_error(self, error: Exception) -> None:
-        """InvalidArgumentError for a driver error about a missing table or one of another layout.
-
-        Returns (and the caller re-raises `error`) for any other error.
-        """
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        if isinstance(error, psycopg.errors.UndefinedTable) or "no such table" in reason:
-            raise InvalidArgumentError(
-                f"table {self._table!r} does not exist in {self._db.url} ({reason}); run "
-                "db.initialize() for task_embeddings, or create_table() for a table of your own"
-            ) from error
-        if isinstance(error, psycopg.errors.UndefinedColumn) or (
-            isinstance(error, sqlite3.OperationalError)
-            and ("no such column" in reason or "has no column named" in reason)
-        ):
-            raise InvalidArgumentError(
-                f"table {self._table!r} in {self._db.url} does not have the layout of "
-                f"task_embeddings ({reason}); choose another table name, or drop that table and "
-                "create it with create_table()"
-            ) from error
+    @property
+    def db(self) -> DbService:
+        """The DbService this storage runs on."""
+        return self._db
 
     # -- writes ------------------------------------------------------------------------
 
@@ -218,7 +94,7 @@ class VectorStorage:
         embedding: object,
         *,
         backend: str | None = None,
-        conn: Any = None,
+        conn: Connection | None = None,
     ) -> None:
         """Store `embedding` for a task, replacing the one it had (same dimension only).
 
@@ -231,17 +107,14 @@ class VectorStorage:
         task_id = check_task_id(qualified_task_id)
         label = default_backend(task_id) if backend is None else check_backend(backend)
         vector = as_embedding(embedding, what=f"embedding of {task_id!r}")
-        try:
+        with self._errors:
             self._impl.upsert(task_id, label, vector, conn)
-        except _DRIVER_ERRORS as e:
-            self._raise_table_error(e)
-            raise
 
     def upsert_many(
         self,
         items: Iterable[tuple[str, object]] | tuple[Iterable[str], object],
         *,
-        conn: Any = None,
+        conn: Connection | None = None,
     ) -> int:
         """Store many embeddings at once, all or nothing; returns how many items were given.
 
@@ -254,40 +127,30 @@ class VectorStorage:
         On SQLite, ``executemany`` in one transaction. Any bad item raises before
         the transaction commits and leaves the table exactly as it was.
         """
-        try:
+        with self._errors:
             return self._impl.upsert_many(iter_batches(items), conn)
-        except _DRIVER_ERRORS as e:
-            self._raise_table_error(e)
-            raise
 
-    def delete(self, qualified_task_id: str, *, conn: Any = None) -> bool:
+    def delete(self, qualified_task_id: str, *, conn: Connection | None = None) -> bool:
         """Remove a task's embedding; True if there was one."""
         task_id = check_task_id(qualified_task_id)
-        try:
+        with self._errors:
             return self._impl.delete(task_id, conn)
-        except _DRIVER_ERRORS as e:
-            self._raise_table_error(e)
-            raise
 
     # -- reads -------------------------------------------------------------------------
 
-    def get(self, qualified_task_id: str, *, conn: Any = None) -> np.ndarray[Any, Any] | None:
+    def get(
+        self, qualified_task_id: str, *, conn: Connection | None = None
+    ) -> np.ndarray[Any, Any] | None:
         """The stored embedding as a 1-D float32 array (bit for bit), or None."""
         task_id = check_task_id(qualified_task_id)
-        try:
+        with self._errors:
             return self._impl.get(task_id, conn)
-        except _DRIVER_ERRORS as e:
-            self._raise_table_error(e)
-            raise
 
-    def count(self, *, dimension: int | None = None, conn: Any = None) -> int:
+    def count(self, *, dimension: int | None = None, conn: Connection | None = None) -> int:
         """How many embeddings are stored, or how many of one dimension."""
         dim = None if dimension is None else as_dimension(dimension)
-        try:
+        with self._errors:
             return self._impl.count(dim, conn)
-        except _DRIVER_ERRORS as e:
-            self._raise_table_error(e)
-            raise
 
     def search(
         self,
@@ -299,7 +162,7 @@ class VectorStorage:
         exact: bool = False,
         ef_search: int | None = None,
         probes: int | None = None,
-        conn: Any = None,
+        conn: Connection | None = None,
     ) -> list[SearchResult]:
         """The `k` stored embeddings nearest to `query`, nearest first.
 
@@ -315,12 +178,9 @@ class VectorStorage:
         stored but other dimensions are; InvalidEmbeddingError for a bad query
         (or an all-zero query with ``metric="cosine"``).
         """
-        args = self._search_args(query, k, metric, backend, exact, ef_search, probes)
-        try:
-            return self._impl.search(*args, conn)
-        except _DRIVER_ERRORS as e:
-            self._raise_table_error(e)
-            raise
+        request = search_request(query, k, metric, backend, exact, ef_search, probes)
+        with self._errors:
+            return self._impl.search(request, conn)
 
     def explain(
         self,
@@ -332,41 +192,16 @@ class VectorStorage:
         exact: bool = False,
         ef_search: int | None = None,
         probes: int | None = None,
-        conn: Any = None,
+        conn: Connection | None = None,
     ) -> str:
         """How `search` with these arguments would run: PostgreSQL's EXPLAIN, with settings.
 
         Use it to check that a search uses the index you built (look for its name).
         On SQLite it describes the exact numpy scan.
         """
-        args = self._search_args(query, k, metric, backend, exact, ef_search, probes)
-        try:
-            return self._impl.explain(*args, conn)
-        except _DRIVER_ERRORS as e:
-            self._raise_table_error(e)
-            raise
-
-    def _search_args(
-        self,
-        query: object,
-        k: object,
-        metric: object,
-        backend: object,
-        exact: object,
-        ef_search: object,
-        probes: object,
-    ) -> tuple[Float32Array, int, Metric, str | None, bool, int | None, int | None]:
-        vector = as_query(query, metric)
-        checked_metric = check_metric(metric)
-        return (
-            vector,
-            check_k(k),
-            checked_metric,
-            None if backend is None else check_backend(backend),
-            bool(exact),
-            None if ef_search is None else as_int(ef_search, "ef_search", 1, MAX_EF_SEARCH),
-            None if probes is None else as_int(probes, "probes", 1, MAX_PROBES),
-        )
+        request = search_request(query, k, metric, backend, exact, ef_search, probes)
+        with self._errors:
+            return self._impl.explain(request, conn)
 
     # -- indexes -----------------------------------------------------------------------
 
@@ -380,7 +215,7 @@ class VectorStorage:
         ef_construction: int = 64,
         lists: int | None = None,
         concurrently: bool = False,
-        conn: Any = None,
+        conn: Connection | None = None,
     ) -> str:
         """Build the index for one dimension and metric (if missing) and return its name.
 
@@ -396,60 +231,30 @@ class VectorStorage:
 
         SQLite: does nothing (search is exact) and returns the same name.
         """
-        dim = as_dimension(dimension)
-        check_indexable(dim)
-        checked_method = check_method(method)
-        checked_metric = check_metric(metric)
-        m_value = as_int(m, "m", 2, 100)
-        ef_value = as_int(ef_construction, "ef_construction", 4, 1000)
-        if checked_method == "hnsw" and ef_value < 2 * m_value:
-            raise InvalidArgumentError(
-                f"ef_construction={ef_value} must be at least 2 * m = {2 * m_value} "
-                "(pgvector's rule); raise ef_construction or lower m"
-            )
-        lists_value = None if lists is None else as_int(lists, "lists", 1, MAX_PROBES)
-        try:
-            return self._impl.create_index(
-                dim,
-                checked_method,
-                checked_metric,
-                m_value,
-                ef_value,
-                lists_value,
-                bool(concurrently),
-                conn,
-            )
-        except _DRIVER_ERRORS as e:
-            self._raise_table_error(e)
-            raise
+        request = index_request(dimension, method, metric, m, ef_construction, lists, concurrently)
+        with self._errors:
+            return self._impl.create_index(request, conn)
 
-    def drop_index(self, name: str, *, concurrently: bool = False, conn: Any = None) -> None:
+    def drop_index(
+        self, name: str, *, concurrently: bool = False, conn: Connection | None = None
+    ) -> None:
         """Drop a vector index of this table by name (see `indexes()`); no-op on SQLite."""
         if not isinstance(name, str) or not name:
             raise InvalidArgumentError(
                 f"index name {name!r} must be a non-empty str; see indexes()"
             )
-        try:
+        with self._errors:
             self._impl.drop_index(name, bool(concurrently), conn)
-        except _DRIVER_ERRORS as e:
-            self._raise_table_error(e)
-            raise
 
-    def indexes(self, *, conn: Any = None) -> list[IndexInfo]:
+    def indexes(self, *, conn: Connection | None = None) -> list[IndexInfo]:
         """The table's vector indexes (HNSW and IVFFlat) by name; empty on SQLite."""
-        try:
+        with self._errors:
             return self._impl.indexes(conn)
-        except _DRIVER_ERRORS as e:
-            self._raise_table_error(e)
-            raise
 
-    def create_table(self, *, conn: Any = None) -> None:
+    def create_table(self, *, conn: Connection | None = None) -> None:
         """Create this storage's table if missing, with the layout of ``task_embeddings``.
 
         Only needed for a custom `table`: ``db.initialize()`` creates the default one.
         """
-        try:
+        with self._errors:
             self._impl.create_table(conn)
-        except _DRIVER_ERRORS as e:
-            self._raise_table_error(e)
-            raise

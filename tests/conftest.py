@@ -9,23 +9,15 @@ from __future__ import annotations
 
 import os
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
+from helpers import PG_URL_ENV, PLAIN_PG_URL, fresh_database, settle
 from psycopg_pool import ConnectionPool
-from testdb import fresh_database
 
 from shareddb import DbService
-
-PG_URL_ENV = "SHAREDDB_TEST_PG_URL"
-# This machine kind runs a PostgreSQL 15 without pgvector here; elsewhere it is absent.
-PLAIN_PG_URL = os.environ.get(
-    "SHAREDDB_TEST_PLAIN_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
 
 
 @pytest.fixture(autouse=True)
@@ -105,18 +97,9 @@ def db(db_url: str) -> Iterator[DbService]:
         yield service
 
 
-def settle(pool: ConnectionPool[Any]) -> None:
-    """Wait until the pool's worker has made every connection it set out to make.
-
-    initialize() on a new database drains the pool and a first request that waits
-    grows it; the worker then connects in the background, and each new connection
-    draws from the global `random` (expiry jitter), which Hypothesis reports as a
-    strategy using `random` when it overlaps a draw.
-    """
-    deadline = time.monotonic() + 30
-    while True:
-        stats = pool.get_stats()
-        if stats["pool_available"] == stats["pool_size"] >= stats["pool_min"]:
-            return
-        assert time.monotonic() < deadline, f"pool never settled: {stats}"
-        time.sleep(0.005)
+@pytest.fixture
+def one_connection(pg_url: str) -> Iterator[DbService]:
+    """An initialized PostgreSQL service whose pool holds one connection (all calls share it)."""
+    with DbService(pg_url, min_size=1, max_size=1) as service:
+        service.initialize()
+        yield service

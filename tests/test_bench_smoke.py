@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from testdb import PROJECT_ROOT
+from helpers import PROJECT_ROOT
 
 BENCH = PROJECT_ROOT / "bench"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -11,7 +10,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from foundation_helpers import AppMigrations, builtin_files, ledger
+from helpers import AppMigrations, builtin_files, ledger
 
 from shareddb import DbService
 
@@ -100,5 +99,5 @@ def test_eight_processes_initialize_one_fresh_database(db_url: str, tmp_path: Pa
         assert ledger(db) == [(1, "0001_once.sql"), (2, "0002_slow.sql"), (3, "0003_again.sql")]
         with db.connection() as conn:
             assert [r[0] for r in conn.execute("SELECT id FROM once ORDER BY id")] == [1, 3]
+        assert [name for _, name in ledger(db, "shareddb")] == builtin_files(backend)
         assert db.initialize().up_to_date
-    assert os.path.exists(run_dir / "go")

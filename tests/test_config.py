@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from shareddb import ConfigError, DbConfig, DbService, load_config
-from shareddb._url import parse_url
+from shareddb._core.url import parse_url
 
 PG_URL = "postgresql://alice:s3cret@db.example.com:5432/app"
 

@@ -318,15 +318,13 @@ def sqlite_lock_is_free(db: DbService) -> bool:
     free: list[bool] = []
 
     def probe() -> None:
-        lock = db._sqlite_lock  # the lock connection() holds for the length of a transaction
-        taken = lock.acquire(blocking=False)
-        if taken:
-            lock.release()
-        free.append(taken)
+        # The connection is held for the length of a transaction: a leak blocks here.
+        with db.transaction():
+            free.append(True)
 
-    t = threading.Thread(target=probe)
+    t = threading.Thread(target=probe, daemon=True)
     t.start()
-    t.join(timeout=10)
+    t.join(timeout=5)
     return free == [True]
 
 

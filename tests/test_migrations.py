@@ -1,14 +1,19 @@
-"""The schema runner on both backends: ledger, transactions, integrity checks, status."""
+"""The schema runner on both backends: ledger, transactions, integrity checks, status, and
+the cost of an up-to-date initialize() (one statement, no DDL)."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import tempfile
+from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 
 import psycopg
 import pytest
-from foundation_helpers import AppMigrations, builtin_files, index_exists, ledger, table_exists
+from helpers import AppMigrations, builtin_files, index_exists, ledger, table_exists
+from psycopg_pool import ConnectionPool
 
 from shareddb import (
     AppliedMigration,
@@ -16,9 +21,8 @@ from shareddb import (
     DbService,
     MigrationError,
     MigrationInfo,
-    ShareddbError,
 )
-from shareddb._migrate import checksum
+from shareddb._migrations.files import checksum
 
 
 @pytest.fixture
@@ -68,7 +72,7 @@ def test_ledger_has_the_documented_columns_and_primary_key(db: DbService) -> Non
 
 def test_builtin_migrations_are_all_recorded_with_their_checksums(db: DbService) -> None:
     backend = db.get_backend_type()
-    folder = Path(__file__).resolve().parent.parent / "schema" / backend
+    folder = Path(__file__).resolve().parent.parent / "shareddb" / "schema" / backend
     with db.connection() as conn:
         rows = conn.execute(
             "SELECT name, checksum, applied_at, execution_ms FROM schema_migrations "
@@ -646,11 +650,6 @@ def test_initialize_inside_a_sqlite_transaction_is_refused(
         db.initialize()
 
 
-def test_migration_errors_are_shareddb_errors() -> None:
-    assert issubclass(MigrationError, ShareddbError)
-    assert issubclass(ChecksumMismatchError, MigrationError)
-
-
 def test_up_to_date_sqlite_initialize_is_one_statement(sqlite_url: str, app: AppMigrations) -> None:
     app.write("0001_t.sql", "CREATE TABLE t (id integer);\n")
     with app.service(sqlite_url) as db:
@@ -685,3 +684,114 @@ def test_pending_sqlite_initialize_takes_the_write_lock(
             conn.set_trace_callback(None)
     assert "BEGIN IMMEDIATE" in statements
     assert any(s.startswith("CREATE TABLE u") for s in statements)
+
+
+# -- the up-to-date check on PostgreSQL: one query, no DDL, no new connection ----------------
+
+
+def install_ddl_log(url: str) -> None:
+    """An event trigger that records the tag of every DDL command run in the database."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE ddl_log (tag text NOT NULL)")
+        conn.execute(
+            "CREATE FUNCTION log_ddl() RETURNS event_trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN INSERT INTO ddl_log (tag) VALUES (tg_tag); END $$"
+        )
+        conn.execute("CREATE EVENT TRIGGER log_ddl ON ddl_command_start EXECUTE FUNCTION log_ddl()")
+
+
+def install_login_log(url: str) -> bool:
+    """A login event trigger recording shareddb's new sessions; False before PostgreSQL 17."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        if conn.info.server_version < 170000:
+            return False
+        conn.execute("CREATE TABLE login_log (pid integer NOT NULL)")
+        conn.execute(
+            "CREATE FUNCTION log_login() RETURNS event_trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "IF current_setting('application_name') = 'shareddb' THEN "
+            "INSERT INTO login_log (pid) VALUES (pg_backend_pid()); END IF; END $$"
+        )
+        conn.execute("CREATE EVENT TRIGGER log_login ON login EXECUTE FUNCTION log_login()")
+    return True
+
+
+def login_log(url: str) -> list[int]:
+    with psycopg.connect(url) as conn:
+        return [r[0] for r in conn.execute("SELECT pid FROM login_log")]
+
+
+def ddl_log(url: str) -> list[str]:
+    with psycopg.connect(url) as conn:
+        return [r[0] for r in conn.execute("SELECT tag FROM ddl_log")]
+
+
+@pytest.fixture
+def trace_file() -> Iterator[Path]:
+    fd, name = tempfile.mkstemp(prefix="shareddb-trace-")
+    os.close(fd)
+    yield Path(name)
+    os.unlink(name)
+
+
+@pytest.mark.postgres
+def test_up_to_date_initialize_is_one_query_and_no_ddl(
+    pg_url: str, app: AppMigrations, trace_file: Path
+) -> None:
+    app.write("0001_t.sql", "CREATE TABLE t (id integer);\n")
+    with app.service(pg_url, min_size=1, max_size=1) as db:
+        assert not db.initialize().up_to_date
+        logins = install_login_log(pg_url)
+        install_ddl_log(pg_url)
+        pool = db.get_sql()
+        assert isinstance(pool, ConnectionPool)
+        with open(trace_file, "w") as out:
+            with pool.connection() as conn:  # the pool's only connection
+                conn.pgconn.trace(out.fileno())
+                conn.pgconn.set_trace_flags(psycopg.pq.Trace.SUPPRESS_TIMESTAMPS)
+            report = db.initialize()
+            with pool.connection() as conn:
+                conn.pgconn.untrace()
+        assert report.up_to_date
+        assert db.pgvector_version is not None
+    sent = [
+        line.split("\t")[2]
+        for line in trace_file.read_text().splitlines()
+        if line.startswith("F\t")
+    ]
+    queries = [m for m in sent if m in ("Query", "Parse")]
+    assert len(queries) == 1, sent
+    # No statement elsewhere either: no DDL anywhere, and no other connection (the
+    # locked path uses its own) when the server can tell us (login triggers: PG 17+).
+    assert ddl_log(pg_url) == []
+    if logins:
+        assert login_log(pg_url) == []
+
+
+@pytest.mark.postgres
+def test_initialize_with_pending_work_runs_ddl(pg_url: str, app: AppMigrations) -> None:
+    # The counterpart of the test above: the DDL log does see the runner's work.
+    app.write("0001_t.sql", "CREATE TABLE t (id integer);\n")
+    with app.service(pg_url) as db:
+        db.initialize()
+        logins = install_login_log(pg_url)
+        install_ddl_log(pg_url)
+        app.write("0002_u.sql", "CREATE TABLE u (id integer);\n")
+        db.initialize()
+    assert ddl_log(pg_url) == ["CREATE TABLE"]
+    if logins:
+        assert len(login_log(pg_url)) == 1  # the dedicated migration connection
+
+
+@pytest.mark.postgres
+def test_edited_file_stops_before_any_ddl_per_the_event_log(
+    pg_url: str, app: AppMigrations
+) -> None:
+    app.write("0001_t.sql", "CREATE TABLE t (id integer);\n")
+    with app.service(pg_url) as db:
+        db.initialize()
+        install_ddl_log(pg_url)
+        app.write("0001_t.sql", "CREATE TABLE t (id bigint);\n")
+        app.write("0002_u.sql", "CREATE TABLE u (id integer);\n")
+        with pytest.raises(Exception, match="was edited"):
+            db.initialize()
+    assert ddl_log(pg_url) == []

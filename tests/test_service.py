@@ -1,4 +1,4 @@
-"""DbService: lifecycle, transactions, threads, fork, failures and password masking."""
+"""DbService: lifecycle, transactions, threads, pooled connections, fork, failures, masking."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import psycopg
 import pytest
-from foundation_helpers import run_in_child, scalar
+from helpers import pool_of, run_in_child, scalar
 from psycopg_pool import ConnectionPool
 
 from shareddb import (
@@ -20,7 +21,7 @@ from shareddb import (
     DatabaseUnavailableError,
     DbService,
     MigrationLockTimeout,
-    ShareddbError,
+    VectorStorage,
 )
 
 SECRET = "Hunter2-s3cret"
@@ -171,7 +172,7 @@ def test_connection_commits_on_success(db: DbService) -> None:
 
 
 def _raw_url(db: DbService) -> str:
-    return db._target.url  # the unmasked url, to open a second service
+    return db.engine.target.url  # the unmasked url, to open a second service
 
 
 def test_connection_rolls_back_on_error(db: DbService) -> None:
@@ -464,6 +465,52 @@ def test_postgres_connection_has_vector_types_and_percent_s_placeholders(pg_url:
             assert type(value).__name__ == "Vector"
 
 
+# -- pooled PostgreSQL connections -------------------------------------------------------------
+
+
+@pytest.mark.postgres
+def test_pooled_connections_rest_in_autocommit_and_connection_still_rolls_back(
+    one_connection: DbService,
+) -> None:
+    db = one_connection
+    with pool_of(db).connection() as raw:
+        assert raw.autocommit is True
+        raw.execute("CREATE TABLE t (id integer PRIMARY KEY)")
+
+    class Boom(Exception):
+        pass
+
+    with pytest.raises(Boom), db.connection() as conn:
+        assert conn.autocommit is False
+        conn.execute("INSERT INTO t VALUES (1)")
+        raise Boom
+    with db.connection() as conn:
+        conn.execute("INSERT INTO t VALUES (2)")
+        conn.commit()  # an explicit commit inside the block still works
+        conn.execute("INSERT INTO t VALUES (3)")
+    with pool_of(db).connection() as raw:
+        assert raw.autocommit is True  # back to how pooled connections rest
+        assert [r[0] for r in raw.execute("SELECT id FROM t ORDER BY id")] == [2, 3]
+
+
+@pytest.mark.postgres
+def test_writes_commit_after_a_raw_user_left_the_connection_out_of_autocommit(
+    one_connection: DbService, pg_url: str
+) -> None:
+    db = one_connection
+    pool = pool_of(db)
+    raw = pool.getconn()
+    raw.autocommit = False
+    pool.putconn(raw)
+    vectors = VectorStorage(db)
+    vectors.upsert("md#1", np.array([1.0, 2.0], np.float32))
+    with psycopg.connect(pg_url) as other:  # a separate session sees the commit
+        row = other.execute(
+            "SELECT count(*) FROM task_embeddings WHERE qualified_task_id = 'md#1'"
+        ).fetchone()
+        assert row is not None and row[0] == 1
+
+
 # -- fork --------------------------------------------------------------------------------------
 
 
@@ -498,11 +545,6 @@ def test_close_in_a_forked_child_leaves_the_parent_working(db: DbService) -> Non
         with db.connection() as conn:
             conn.execute("SELECT 1")
     assert ids(db) == [7]
-
-
-def test_error_family() -> None:
-    assert issubclass(DatabaseUnavailableError, ShareddbError)
-    assert issubclass(ConfigError, ShareddbError)
 
 
 @pytest.mark.postgres

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from testdb import DATA_DIR, fresh_database, run_cli
+from helpers import DATA_DIR, fresh_database, run_cli
 
 from shareddb import DbService, InvalidArgumentError, InvalidEmbeddingError, ShareddbError
 from shareddb.tuning import TuneResult, tune

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from shareddb import ConfigError, DbConfig, DbService
-from shareddb._url import mask_url, parse_url
+from shareddb._core.url import mask_url, parse_url
 
 SECRET = "s3cr3t-Pa55"
 
@@ -23,28 +23,28 @@ SECRET = "s3cr3t-Pa55"
 )
 def test_sqlite_urls_name_their_file(url: str, path: Path) -> None:
     target = parse_url(url)
-    assert target.backend == "sqlite"
+    assert target.engine == "sqlite"
     assert target.sqlite_path == path
     assert target.password == ""
 
 
 def test_sqlite_memory_url_has_no_file() -> None:
     target = parse_url("sqlite:///:memory:")
-    assert target.backend == "sqlite"
+    assert target.engine == "sqlite"
     assert target.sqlite_path is None
 
 
 @pytest.mark.parametrize("scheme", ["postgresql", "postgres"])
 def test_both_postgres_schemes_are_accepted(scheme: str) -> None:
     target = parse_url(f"{scheme}://alice:{SECRET}@db.example.com:6543/app")
-    assert target.backend == "postgres"
+    assert target.engine == "postgres"
     assert target.conninfo == f"{scheme}://alice:{SECRET}@db.example.com:6543/app"
     assert target.password == SECRET
 
 
 def test_postgres_url_without_password_parses() -> None:
     target = parse_url("postgresql://alice@localhost/app")
-    assert target.backend == "postgres"
+    assert target.engine == "postgres"
     assert target.password == ""
     assert target.masked == "postgresql://alice@localhost/app"
 

@@ -21,8 +21,8 @@ from shareddb import (
     SearchResult,
     ShareddbError,
     VectorStorage,
-    _vector_batches,
 )
+from shareddb._vectors import batches as _vector_batches
 
 METRICS = ("cosine", "l2", "inner_product")
 
@@ -563,6 +563,60 @@ def test_errors_belong_to_the_shareddb_family(vectors: VectorStorage) -> None:
         assert str(info.value)[0].islower()
 
 
+# -- float32 arrays (numpy's fast path) ------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_float32_arrays_with_nan_or_infinity_are_refused(
+    vectors: VectorStorage, bad: float
+) -> None:
+    array = np.ones(8, np.float32)
+    array[5] = bad
+    with pytest.raises(InvalidEmbeddingError, match="position 5"):
+        vectors.upsert("md#1", array)
+    with pytest.raises(InvalidEmbeddingError, match="position 5"):
+        vectors.search(array, 3, metric="l2")
+    assert vectors.count() == 0
+
+
+def test_large_finite_float32_values_are_stored_bit_for_bit(vectors: VectorStorage) -> None:
+    # Their squares overflow float32: the quick dot-product check can't vouch for
+    # them, and the full check must still accept them.
+    big = np.array([3.0e38, -3.0e38, 1.0e-45, 0.0], np.float32)
+    vectors.upsert("md#big", big)
+    stored = vectors.get("md#big")
+    assert stored is not None
+    assert stored.tobytes() == big.tobytes()
+
+
+def test_a_zero_float32_query_is_refused_for_cosine_only(vectors: VectorStorage) -> None:
+    vectors.upsert("md#1", np.array([1.0, 2.0], np.float32))
+    zero = np.zeros(2, np.float32)
+    with pytest.raises(InvalidEmbeddingError, match="all zeros"):
+        vectors.search(zero, 1, metric="cosine")
+    assert [h.qualified_task_id for h in vectors.search(zero, 1, metric="l2")] == ["md#1"]
+
+
+def test_non_contiguous_and_other_dtype_queries_find_the_same_rows(
+    vectors: VectorStorage,
+) -> None:
+    rng = np.random.default_rng(7)
+    matrix = rng.standard_normal((40, 6)).astype(np.float32)
+    vectors.upsert_many(([f"md#{i}" for i in range(40)], matrix))
+    query = rng.standard_normal(12).astype(np.float32)[::2]  # a strided view
+    assert not query.flags.c_contiguous
+    expected = np.argsort(np.linalg.norm(matrix - query, axis=1), kind="stable")[:5]
+    for form in (query, query.astype(np.float64), query.tolist()):
+        hits = vectors.search(form, 5, metric="l2", exact=True)
+        assert [h.qualified_task_id for h in hits] == [f"md#{i}" for i in expected]
+        assert all(type(h) is SearchResult and isinstance(h.distance, float) for h in hits)
+        np.testing.assert_allclose(
+            [h.distance for h in hits],
+            np.linalg.norm(matrix[expected] - query, axis=1),
+            rtol=1e-5,
+        )
+
+
 # -- custom tables ---------------------------------------------------------------------
 
 
@@ -702,7 +756,7 @@ def test_sqlite_cache_forgets_rows_of_a_rolled_back_transaction(sqlite_url: str)
 def test_sqlite_cache_survives_writes_to_other_tables(
     sqlite_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from shareddb import _vectors_sqlite
+    from shareddb._engines.sqlite import ranking as _ranking
 
     with DbService(sqlite_url) as db:
         db.initialize()
@@ -710,13 +764,13 @@ def test_sqlite_cache_survives_writes_to_other_tables(
         vectors.upsert_many([("md#1", [1.0, 0.0]), ("md#2", [0.0, 1.0])])
         vectors.search([1.0, 0.0], 1)
         loads: list[int] = []
-        original = _vectors_sqlite._Matrix.__init__
+        original = _ranking.Matrix.__init__
 
         def counting(self: Any, *args: Any) -> None:
             loads.append(1)
             original(self, *args)
 
-        monkeypatch.setattr(_vectors_sqlite._Matrix, "__init__", counting)
+        monkeypatch.setattr(_ranking.Matrix, "__init__", counting)
         with db.connection() as conn:
             conn.execute("CREATE TABLE other (x INTEGER)")
             conn.execute("INSERT INTO other VALUES (1)")

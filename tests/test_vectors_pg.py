@@ -25,10 +25,12 @@ from typing import Any
 import numpy as np
 import psycopg
 import pytest
+from helpers import DATA_DIR, PROJECT_ROOT, fresh_database
 from psycopg import sql
-from testdb import DATA_DIR, PROJECT_ROOT, fresh_database
 
-from shareddb import DbService, InvalidArgumentError, VectorStorage, _vector_batches, _vectors_pg
+from shareddb import DbService, InvalidArgumentError, VectorStorage
+from shareddb._engines.postgres import index_build as _index_build
+from shareddb._vectors import batches as _vector_batches
 
 pytestmark = pytest.mark.postgres
 
@@ -340,8 +342,8 @@ def test_create_index_raises_maintenance_work_mem_for_the_build_only(
 def test_long_index_builds_log_their_progress(
     db: DbService, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_vectors_pg, "PROGRESS_AFTER", 0.0)
-    monkeypatch.setattr(_vectors_pg, "PROGRESS_EVERY", 0.05)
+    monkeypatch.setattr(_index_build, "PROGRESS_AFTER", 0.0)
+    monkeypatch.setattr(_index_build, "PROGRESS_EVERY", 0.05)
     vectors = VectorStorage(db)
     rng = np.random.default_rng(15)
     vectors.upsert_many(([f"md#{i}" for i in range(6000)], rng.standard_normal((6000, 64))))
@@ -415,6 +417,22 @@ def test_search_and_single_writes_take_one_round_trip(pg_url: str) -> None:
         }
         for what, call in calls.items():
             assert count_round_trips(held, call) == 1, what
+
+
+@pytest.mark.postgres
+def test_searches_and_gets_share_one_connection_without_mixing_results(
+    one_connection: DbService,
+) -> None:
+    vectors = VectorStorage(one_connection)
+    rng = np.random.default_rng(3)
+    matrix = rng.standard_normal((30, 5)).astype(np.float32)
+    vectors.upsert_many(([f"md#{i}" for i in range(30)], matrix))
+    for i in range(0, 30, 3):
+        hits = vectors.search(matrix[i], 3, metric="l2", ef_search=20)
+        stored = vectors.get(f"md#{i}")
+        assert hits[0].qualified_task_id == f"md#{i}"
+        assert stored is not None and stored.tobytes() == matrix[i].tobytes()
+        assert vectors.get("md#missing") is None
 
 
 def test_ef_search_is_raised_to_k(db: DbService) -> None:

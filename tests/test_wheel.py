@@ -56,7 +56,9 @@ def test_wheel_installed_in_a_fresh_venv_initializes_a_database(tmp_path: Path) 
     (wheel,) = dist.glob("shareddb-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     for backend in ("sqlite", "postgres"):
-        source = sorted(p.name for p in (PROJECT_ROOT / "schema" / backend).glob("*.sql"))
+        source = sorted(
+            p.name for p in (PROJECT_ROOT / "shareddb" / "schema" / backend).glob("*.sql")
+        )
         assert source, f"schema/{backend} has migrations"
         shipped = sorted(
             n.rsplit("/", 1)[1]
@@ -68,7 +70,7 @@ def test_wheel_installed_in_a_fresh_venv_initializes_a_database(tmp_path: Path) 
             with zipfile.ZipFile(wheel) as zf:
                 assert (
                     zf.read(f"shareddb/schema/{backend}/{name}")
-                    == (PROJECT_ROOT / "schema" / backend / name).read_bytes()
+                    == (PROJECT_ROOT / "shareddb" / "schema" / backend / name).read_bytes()
                 )
     assert "shareddb/py.typed" in names
 
@@ -98,7 +100,9 @@ def test_wheel_installed_in_a_fresh_venv_initializes_a_database(tmp_path: Path) 
 
     assert Path(out["file"]).is_relative_to(purelib), out["file"]
     assert PROJECT_ROOT not in [Path(p) for p in out["path"]]
-    expected = sorted(p.name for p in (PROJECT_ROOT / "schema" / "sqlite").glob("*.sql"))
+    expected = sorted(
+        p.name for p in (PROJECT_ROOT / "shareddb" / "schema" / "sqlite").glob("*.sql")
+    )
     assert out["applied"] == expected
     assert out["states"] == ["applied"]
     assert db_file.is_file()

@@ -36,7 +36,7 @@ from shareddb import (
     get_shared_db,
     load_config,
 )
-from shareddb._url import parse_url
+from shareddb._core.url import parse_url
 
 pytestmark = [pytest.mark.reliability, pytest.mark.postgres]
 
@@ -216,7 +216,7 @@ def test_api_paths_never_show_the_password(
 DEBUG_CLI = (
     "import logging, sys; logging.basicConfig(level=logging.DEBUG, "
     "format='%(name)s %(levelname)s %(message)s'); "
-    "from shareddb._cli import main; sys.exit(main())"
+    "from shareddb.cli import main; sys.exit(main())"
 )
 
 

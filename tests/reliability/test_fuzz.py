@@ -17,8 +17,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shareddb import ConfigError, MigrationError, load_config
-from shareddb._migrate import NO_TRANSACTION_DIRECTIVE, checksum, discover, migration_folders
-from shareddb._url import parse_url
+from shareddb._core.url import parse_url
+from shareddb._migrations.files import (
+    NO_TRANSACTION_DIRECTIVE,
+    checksum,
+    discover,
+    migration_folders,
+)
 
 pytestmark = pytest.mark.reliability
 
@@ -111,7 +116,7 @@ def check_loads_or_refuses(content: bytes) -> None:
             return
         target = parse_url(config.url)  # whatever won is a url shareddb accepts
         assert config.path == path.absolute() and config.path_exists
-        assert target.backend in ("sqlite", "postgres")
+        assert target.engine in ("sqlite", "postgres")
 
 
 @FUZZ

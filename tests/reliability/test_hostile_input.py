@@ -27,8 +27,8 @@ from shareddb import (
     VectorStorage,
     load_config,
 )
-from shareddb._cli import main as cli_main
-from shareddb._url import parse_url
+from shareddb._core.url import parse_url
+from shareddb.cli import main as cli_main
 
 pytestmark = pytest.mark.reliability
 

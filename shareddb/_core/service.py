@@ -1,0 +1,208 @@
+"""DbService: the one entry point every domain of an application shares.
+
+It holds one engine (`shareddb._engines`) for its URL and never branches on the
+database kind: the engine owns connections, transactions and errors; the service
+adds the public lifecycle, the schema (initialize, migration_status) and the
+checks of its own arguments.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self
+
+from shareddb._core.types import Connection, EngineKind
+from shareddb._core.url import DbTarget, parse_url
+from shareddb._engines import Engine, engine_for
+from shareddb._migrations.files import MigrationFile, discover_all, migration_folders
+from shareddb._migrations.ledger import MigrationInfo, MigrationReport, OnApplied, status, verify
+from shareddb._migrations.runner import apply_pending
+from shareddb.errors import ConfigError
+
+if TYPE_CHECKING:
+    import sqlite3
+
+    from psycopg_pool import ConnectionPool
+
+    from shareddb._core.config import DbConfig
+    from shareddb._core.types import PgConnection
+
+logger = logging.getLogger("shareddb")
+
+
+class DbService:
+    """One database for the whole application: a psycopg pool or one shared sqlite3 connection.
+
+    The constructor does no I/O; `open()` connects (and `initialize()` and
+    `connection()` open on demand). Use `connection()` or `transaction()` for SQL,
+    and pass the service to domain classes (`VectorStorage(db)`,
+    `SessionStorage(db)`) rather than letting them open their own connections.
+    In a process that wants one service per target, use `get_shared_db()`.
+
+    :param url: ``sqlite:///relative.db``, ``sqlite:////absolute.db``,
+        ``sqlite:///:memory:`` or a libpq URI ``postgresql://user:pass@host:5432/db``.
+    :param schema_dirs: extra migration namespaces: ``{"myapp": "path/to/migrations"}``.
+    :param min_size: connections the PostgreSQL pool keeps open.
+    :param max_size: most connections the PostgreSQL pool opens.
+    :param timeout: seconds to wait for a connection (PostgreSQL) or a lock (SQLite).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        schema_dirs: Mapping[str, str | os.PathLike[str]] | None = None,
+        min_size: int = 1,
+        max_size: int = 10,
+        timeout: float = 30.0,
+    ) -> None:
+        target: DbTarget = parse_url(url)
+        if not (isinstance(min_size, int) and isinstance(max_size, int) and min_size >= 0):
+            raise ConfigError(f"min_size={min_size!r} must be a whole number >= 0")
+        if max_size < max(min_size, 1):
+            raise ConfigError(
+                f"max_size={max_size!r} must be >= 1 and >= min_size={min_size}; raise max_size"
+            )
+        if not isinstance(timeout, int | float) or not timeout > 0:
+            raise ConfigError(f"timeout={timeout!r} must be a number of seconds > 0")
+        self._schema_dirs = {ns: Path(folder) for ns, folder in (schema_dirs or {}).items()}
+        self._engine = engine_for(
+            target, min_size=min_size, max_size=max_size, timeout=float(timeout)
+        )
+
+    @classmethod
+    def from_config(cls, config: DbConfig, **kwargs: Any) -> Self:
+        """A DbService for `config.url`; keyword arguments as for the constructor."""
+        return cls(config.url, **kwargs)
+
+    def __repr__(self) -> str:
+        state = "open" if self._engine.is_open else "closed"
+        return f"<DbService {self.get_backend_type()} {self._engine.target.masked!r} {state}>"
+
+    @property
+    def url(self) -> str:
+        """The target URL with the password masked (safe to log)."""
+        return self._engine.target.masked
+
+    @property
+    def timeout(self) -> float:
+        return self._engine.timeout
+
+    @property
+    def pgvector_version(self) -> str | None:
+        """pgvector's installed version once `initialize()` ran on PostgreSQL, else None."""
+        return self._engine.pgvector_version
+
+    def get_backend_type(self) -> EngineKind:
+        """``"sqlite"`` or ``"postgres"``."""
+        return self._engine.kind
+
+    @property
+    def engine(self) -> Engine[Any]:
+        """The database engine behind this service: how shareddb's domains reach the database."""
+        return self._engine
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Connect: open the pool (waiting up to `timeout` for a first connection) or the file.
+
+        Calling it on an open service does nothing. Raises DatabaseUnavailableError
+        when the database can't be reached. An embedded PostgreSQL URL
+        (``postgresql+embedded://``) starts the local server here, or reuses the one
+        running on that folder (ConfigError names the install command when the
+        ``embedded`` extra is missing).
+        """
+        self._engine.open()
+
+    def close(self) -> None:
+        """Close the pool or the SQLite connection; the service can be opened again."""
+        self._engine.close()
+
+    def __enter__(self) -> Self:
+        self.open()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- SQL access --------------------------------------------------------------------
+
+    def get_sql(self) -> ConnectionPool[PgConnection] | sqlite3.Connection:
+        """The underlying client: the psycopg `ConnectionPool`, or the `sqlite3.Connection`.
+
+        Prefer `connection()`: on SQLite it serialises threads and manages the
+        transaction; raw use of the sqlite3 connection bypasses both. The pool's
+        connections are in autocommit mode (each statement commits on its own, as
+        after ``psycopg.connect(..., autocommit=True)``): open ``conn.transaction()``
+        for a transaction on one, and leave it in autocommit mode when returning it.
+        """
+        return self._engine.client()  # type: ignore[no-any-return]
+
+    def connection(self) -> AbstractContextManager[Connection]:
+        """A DB-API connection in a transaction: committed on success, rolled back on error.
+
+        On PostgreSQL a pooled psycopg connection with pgvector's types registered
+        (placeholders ``%s``); on SQLite the shared sqlite3 connection inside
+        ``BEGIN IMMEDIATE`` (placeholders ``?``); a nested block on the same thread
+        becomes a savepoint. Use `transaction()` for a unit of work across domains.
+        """
+        return self._engine.transaction()
+
+    def transaction(self) -> AbstractContextManager[Connection]:
+        """The same as `connection()`, named for units of work that span domains.
+
+        Pass the connection to domain methods as ``conn=`` so they join it::
+
+            with db.transaction() as conn:
+                sessions.add(record, conn=conn)
+                vectors.upsert("md#253", embedding, conn=conn)
+        """
+        return self._engine.transaction()
+
+    # -- schema ------------------------------------------------------------------------
+
+    def _migration_files(self) -> list[MigrationFile]:
+        return discover_all(migration_folders(self._engine.kind, self._schema_dirs))
+
+    def initialize(
+        self, *, lock_timeout: float = 600.0, on_applied: OnApplied | None = None
+    ) -> MigrationReport:
+        """Bring the schema up to date: verify the ledger, ensure pgvector, apply pending files.
+
+        Connects if needed. Idempotent and safe to call from many processes at
+        once; on an up-to-date database it costs one query and runs no DDL.
+        Raises MigrationError (or ChecksumMismatchError) before any DDL runs when an
+        applied file was edited or removed, or a new file is numbered below an
+        applied one; ExtensionMissingError when pgvector is unavailable.
+
+        :param lock_timeout: seconds to wait for another process's migration.
+        :param on_applied: called with each `AppliedMigration` as soon as it is
+            committed, for live progress (the report lists them all at the end).
+        """
+        self._engine.ensure_open()
+        files = self._migration_files()
+        ledger = self._engine.read_ledger()
+        if ledger is not None and self._engine.schema_ready() and not verify(files, ledger):
+            self._engine.after_migrations()
+            return MigrationReport()  # up to date: one round trip, no DDL
+        with self._engine.migration_session(lock_timeout) as session:
+            applied = apply_pending(session, files, on_applied)
+        self._engine.after_migrations()
+        return MigrationReport(applied)
+
+    def migration_status(self) -> list[MigrationInfo]:
+        """Every known migration with its state (applied, pending, changed, …); read-only."""
+        self._engine.ensure_open()
+        files = self._migration_files()
+        return status(files, self._engine.read_ledger() or [])

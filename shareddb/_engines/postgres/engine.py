@@ -1,0 +1,415 @@
+"""The PostgreSQL engine: a psycopg pool whose connections rest in autocommit mode.
+
+Where to look for what happens when a pooled connection is lost: `_checkout`
+drops connections the server closed while they sat idle and tells a server that is
+down from a pool that is still reconnecting; `lost()` turns a connection that
+broke while in use into DatabaseUnavailableError (in `transaction()` and in
+`statement()`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import select
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any, ClassVar
+
+import psycopg
+from psycopg.pq import TransactionStatus
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from shareddb._core.types import PgConnection
+from shareddb._engines.base import Dialect, Engine, MigrationSession, TableProblem
+from shareddb._engines.postgres import embedded
+from shareddb._engines.postgres.connect import (
+    connect,
+    connect_kwargs,
+    lost_connection,
+    register_types,
+    unavailable,
+)
+from shareddb._engines.postgres.migrate import PostgresMigrationSession, read_ledger
+from shareddb._migrations.ledger import LedgerRow
+from shareddb._vectors.ops import VectorOps
+from shareddb.errors import DatabaseUnavailableError, ShareddbError
+
+logger = logging.getLogger("shareddb")
+
+IDLE = TransactionStatus.IDLE
+INTRANS = TransactionStatus.INTRANS
+INERROR = TransactionStatus.INERROR
+
+# A wait for a pooled connection is cut into slices of this many seconds (see _checkout).
+_POOL_WAIT_SLICE = 1.0
+# Longest psycopg_pool keeps retrying one lost connection before giving up (it tries
+# again as soon as a client asks for a connection).
+_RECONNECT_TIMEOUT = 5.0
+
+# Pools a forked child inherited and let go of: kept referenced so that garbage
+# collection never closes what the parent still uses.
+_inherited: list[object] = []
+
+POSTGRES_DIALECT = Dialect(
+    placeholder="%s",
+    in_keys="= ANY(%s)",
+    session_insert=(
+        "INSERT INTO sessions (session, repo_name, repo_url, branch, task_id, created_at, "
+        "updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (session) DO NOTHING"
+    ),
+    session_for_update=" FOR UPDATE",
+)
+
+
+class PostgresEngine(Engine[PgConnection]):
+    kind: ClassVar = "postgres"
+    dialect: ClassVar = POSTGRES_DIALECT
+    connection_type: ClassVar = psycopg.Connection
+    driver_errors: ClassVar = (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._pool: ConnectionPool[PgConnection] | None = None
+        # Connections checked out through us, to tell a pool that is full from one
+        # that lost its connections.
+        self._in_use = 0
+        self._in_use_lock = threading.Lock()
+        self._vector_types_missing = False
+        self._pgvector_version: str | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    @property
+    def is_open(self) -> bool:
+        return self._pool is not None
+
+    def _connect(self) -> None:
+        if self.target.embedded_dir is not None:
+            uri = embedded.start(self.target.embedded_dir)
+            self.target = dataclasses.replace(self.target, conninfo=uri)
+        self._pool = self._open_pool()
+
+    def _disconnect(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
+
+    def _forget(self) -> None:
+        _inherited.append(self._pool)
+        self._pool = None
+        self._in_use_lock = threading.Lock()
+        self._in_use = 0
+
+    def client(self) -> ConnectionPool[PgConnection]:
+        self.ensure_open()
+        assert self._pool is not None
+        return self._pool
+
+    @property
+    def pgvector_version(self) -> str | None:
+        return self._pgvector_version
+
+    def _open_pool(self) -> ConnectionPool[PgConnection]:
+        def configure(conn: PgConnection) -> None:
+            # Pooled connections rest in autocommit mode: a single statement (a search,
+            # a one-row write) is one round trip with no mode switches, and
+            # transaction() switches to a transaction for its block and back.
+            conn.autocommit = True
+            if not register_types(conn):
+                self._vector_types_missing = True
+
+        pool: ConnectionPool[PgConnection] = ConnectionPool(
+            self.target.conninfo,
+            min_size=self.min_size,
+            max_size=self.max_size,
+            timeout=self.timeout,
+            kwargs=connect_kwargs(self.target, self.timeout),
+            configure=configure,
+            # psycopg_pool retries a failed connection with a delay that doubles each
+            # time; bounded, a pool that lost its server tries again within a second
+            # or two of the server's return, not minutes later.
+            reconnect_timeout=min(self.timeout, _RECONNECT_TIMEOUT),
+            name="shareddb",
+            open=False,
+        )
+        # Fail here with libpq's reason rather than later with a bare pool timeout.
+        connect(self.target, self.timeout).close()
+        # Wait for min_size connections: a first request that found the pool still
+        # connecting would make it grow, leaving one connection more than needed.
+        try:
+            pool.open(wait=True, timeout=self.timeout)
+        except PoolTimeout as e:  # the pool is closed again
+            raise unavailable(self.target, e) from None
+        return pool
+
+    # -- connections -----------------------------------------------------------------------
+
+    @contextmanager
+    def transaction(self) -> Iterator[PgConnection]:
+        conn, pool = self._checkout()
+        try:
+            # Out of autocommit for the block: the first statement starts the
+            # transaction (psycopg sends BEGIN), and the caller may commit() in it.
+            conn.autocommit = False
+            try:
+                # Commit on success, roll back on error; a pooled connection stays open,
+                # a direct one (see _checkout) is closed.
+                with conn:
+                    yield conn
+            except psycopg.OperationalError as e:
+                # Also covers a connection lost during the commit itself.
+                if conn.broken:
+                    raise lost_connection(self.target, e) from e
+                raise
+            finally:
+                if not conn.closed and conn.info.transaction_status == IDLE:
+                    conn.autocommit = True  # how pooled connections rest
+        finally:
+            self._release(conn, pool)
+
+    def reading(self) -> AbstractContextManager[PgConnection]:
+        return self.transaction()
+
+    def statement(self) -> AbstractContextManager[PgConnection]:
+        """A pooled connection in autocommit mode: the lean path of searches and one-row writes."""
+        return _Autocommit(self)
+
+    def in_transaction(self, conn: PgConnection) -> bool:
+        return not (conn.autocommit and conn.info.transaction_status == IDLE)
+
+    def can_roll_back(self, conn: PgConnection) -> bool:
+        return not conn.broken and conn.info.transaction_status in (INTRANS, INERROR)
+
+    def begin(self, conn: PgConnection, *, rollback: bool = False) -> AbstractContextManager[Any]:
+        return conn.transaction(force_rollback=rollback)
+
+    def control(self, conn: PgConnection, statement: str) -> None:
+        conn.execute(statement.encode())  # our own constant text: bytes skip psycopg's parsing
+
+    def _release(self, conn: PgConnection, pool: ConnectionPool[PgConnection] | None) -> None:
+        """Give back what `_checkout` handed out: to its pool, or close a direct connection."""
+        with self._in_use_lock:
+            self._in_use -= 1
+        if pool is not None:
+            pool.putconn(conn)
+        else:
+            conn.close()
+
+    def _checkout(self) -> tuple[PgConnection, ConnectionPool[PgConnection] | None]:
+        """A live connection within `timeout` and its pool (None: a direct one), or why not.
+
+        The wait is cut in slices. After a slice without a connection while the pool
+        still has room, one direct connection attempt tells a server that is down
+        (its reason is raised at the deadline) from one that is back while the pool
+        still waits to reconnect (psycopg_pool retries lost connections with a
+        growing delay): rather than fail then, the call runs on that direct
+        connection, which is closed afterwards. Connections whose server went away
+        while they sat idle are dropped here, so the first calls after a restart
+        don't fail on them.
+        """
+        pool = self._pool
+        if pool is None or self.pid != os.getpid():
+            self.ensure_open()
+            pool = self._pool
+            assert pool is not None
+        deadline = time.monotonic() + self.timeout
+        down: DatabaseUnavailableError | None = None
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                conn = pool.getconn(timeout=max(min(remaining, _POOL_WAIT_SLICE), 0.001))
+            except PoolTimeout:
+                with self._in_use_lock:
+                    full = self._in_use >= self.max_size
+                if full:
+                    down = None
+                else:
+                    probe, down = self._probe(deadline)
+                    if probe is not None:
+                        if time.monotonic() < deadline:
+                            probe.close()  # the pool will reconnect now: ask it again
+                        else:
+                            logger.info(
+                                "serving a call on a direct connection to %s", self.target.masked
+                            )
+                            with self._in_use_lock:
+                                self._in_use += 1
+                            return probe, None
+                if time.monotonic() >= deadline:
+                    raise self._no_connection(down) from None
+                continue
+            if _usable(conn):
+                with self._in_use_lock:
+                    self._in_use += 1
+                return conn, pool
+            logger.info(
+                "dropping a pooled connection to %s that the server closed", self.target.masked
+            )
+            pool.putconn(conn)  # broken: the pool closes it and opens another
+
+    def _probe(
+        self, deadline: float
+    ) -> tuple[PgConnection | None, DatabaseUnavailableError | None]:
+        """A direct connection, configured like the pool's, or the reason there is none."""
+        budget = min(max(deadline - time.monotonic(), 1.0), 5.0)
+        try:
+            conn = connect(self.target, budget, autocommit=True)
+        except DatabaseUnavailableError as e:
+            return None, e
+        try:
+            register_types(conn)
+        except psycopg.Error as e:
+            conn.close()
+            return None, unavailable(self.target, e)
+        return conn, None
+
+    def _no_connection(self, down: DatabaseUnavailableError | None) -> DatabaseUnavailableError:
+        """Tell an unreachable server from a pool whose connections are all in use."""
+        if down is not None:
+            return down
+        return DatabaseUnavailableError(
+            f"couldn't get a connection to {self.target.masked} after {self.timeout:.2f} "
+            f"sec: all {self.max_size} connections of the pool are in use",
+            fix="return connections sooner (keep transactions short) or raise max_size or timeout",
+        )
+
+    # -- errors ----------------------------------------------------------------------------
+
+    def table_problem(self, error: Exception, table: str) -> TableProblem | None:
+        if isinstance(error, psycopg.errors.UndefinedTable):
+            return "missing"
+        if isinstance(error, psycopg.errors.UndefinedColumn):
+            return "other layout"
+        return None
+
+    def table_exists(self, conn: PgConnection, table: str) -> bool:
+        row = conn.execute("SELECT to_regclass(quote_ident(%s)) IS NOT NULL", (table,)).fetchone()
+        return bool(row and row[0])
+
+    # -- migrations ------------------------------------------------------------------------
+
+    def read_ledger(self) -> list[LedgerRow] | None:
+        with self.statement() as conn:
+            found = read_ledger(conn)
+        if found is None:
+            return None
+        ledger, self._pgvector_version = found
+        return ledger
+
+    def schema_ready(self) -> bool:
+        return self._pgvector_version is not None  # else the runner must create pgvector
+
+    @contextmanager
+    def migration_session(self, lock_timeout: float) -> Iterator[MigrationSession]:
+        with PostgresMigrationSession.locked(self.target, self.timeout, lock_timeout) as session:
+            yield session
+            self._pgvector_version = session.pgvector_version
+
+    def after_migrations(self) -> None:
+        """Replace pooled connections made before pgvector existed (they lack its types).
+
+        The extension may have been created by this process or by another one since.
+        """
+        if self._vector_types_missing and self._pool is not None:
+            self._vector_types_missing = False
+            self._pool.drain()
+
+    # -- domains ---------------------------------------------------------------------------
+
+    def vector_ops(self, table: str) -> VectorOps:
+        from shareddb._engines.postgres.vectors import PostgresVectors
+
+        return PostgresVectors(self, table)
+
+    def write_time(self, value: datetime) -> datetime:
+        return value.astimezone(UTC)
+
+    def read_time(self, value: Any) -> datetime:
+        # psycopg returns timestamptz in the connection's TimeZone: normalise to UTC.
+        return value.astimezone(UTC)  # type: ignore[no-any-return]
+
+    # -- administration --------------------------------------------------------------------
+
+    def server_version(self, conn: PgConnection) -> str:
+        row = conn.execute("SHOW server_version").fetchone()
+        assert row is not None
+        return f"PostgreSQL {row[0]}"
+
+    def index_build_progress(self) -> str | None:
+        from shareddb._engines.postgres.index_build import read_progress
+
+        if not self.is_open:
+            return None  # nothing of ours runs; progress never opens the pool
+        try:
+            with self.statement() as conn:
+                progress = read_progress(conn)
+        except (psycopg.Error, ShareddbError):
+            return None  # best effort: progress must never break the work it reports on
+        return None if progress is None else f"index {progress[0]}: {progress[1]}"
+
+
+class _Autocommit:
+    """`PostgresEngine.statement()`: a class, cheaper than a generator on the hot path."""
+
+    __slots__ = ("_conn", "_engine", "_pool")
+
+    def __init__(self, engine: PostgresEngine) -> None:
+        self._engine = engine
+
+    def __enter__(self) -> PgConnection:
+        engine = self._engine
+        conn, pool = engine._checkout()
+        if not conn.autocommit:
+            try:
+                conn.autocommit = True  # left out of autocommit by a raw user of the pool
+            except BaseException:
+                engine._release(conn, pool)
+                raise
+        self._conn = conn
+        self._pool = pool
+        return conn
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        conn = self._conn
+        try:
+            if isinstance(exc, psycopg.OperationalError) and conn.broken:
+                raise lost_connection(self._engine.target, exc) from exc
+        finally:
+            self._engine._release(conn, self._pool)
+
+
+def _usable(conn: PgConnection) -> bool:
+    """False for a pooled connection whose server went away while it sat idle.
+
+    An idle connection's socket has nothing to read unless the server closed it (or
+    sent a message before closing it): a poll that does not wait costs one system
+    call, and only a readable socket costs a round trip to the server.
+    """
+    if conn.closed or conn.broken:
+        return False
+    try:
+        if not _readable(conn.fileno()):
+            return True
+        ConnectionPool.check_connection(conn)
+    except (psycopg.Error, OSError, ValueError):
+        return False
+    return True
+
+
+def _readable(fd: int) -> bool:
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return bool(poller.poll(0))
+    return bool(select.select([fd], [], [], 0)[0])  # pragma: no cover - Windows

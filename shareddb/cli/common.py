@@ -1,0 +1,79 @@
+"""What every ``shareddb`` command shares: exit codes, the target url, output helpers."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from shareddb._core.config import DbConfig, load_config
+from shareddb._core.service import DbService
+from shareddb._core.url import DbTarget, parse_url
+from shareddb.errors import ConfigError
+
+EXIT_OK = 0
+EXIT_PROBLEM = 1
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """Bad command-line usage: exit status 2."""
+
+
+def checked_url(url: str, option: str = "--url") -> DbTarget:
+    """`url` parsed, or UsageError naming `option` when it is not a valid url."""
+    try:
+        return parse_url(url)
+    except ConfigError as e:
+        raise UsageError(f"{option}: {e}") from None
+
+
+def target_url(args: argparse.Namespace) -> tuple[str, DbConfig | None]:
+    """The URL to work on: ``--url`` (no config read), else `load_config(--config)`."""
+    if args.url:
+        checked_url(args.url)
+        return args.url, None
+    config = load_config(args.config)
+    return config.url, config
+
+
+def schema_dirs(args: argparse.Namespace) -> dict[str, str]:
+    """``--schema-dir NAMESPACE=FOLDER`` options as ``{namespace: folder}``."""
+    dirs: dict[str, str] = {}
+    for item in getattr(args, "schema_dir", None) or []:
+        namespace, sep, folder = item.partition("=")
+        if not sep or not namespace or not folder:
+            raise UsageError(
+                f"--schema-dir {item!r} is not NAMESPACE=FOLDER; write for example "
+                "--schema-dir myapp=migrations"
+            )
+        dirs[namespace] = folder
+    return dirs
+
+
+def service(args: argparse.Namespace, url: str) -> DbService:
+    return DbService(url, schema_dirs=schema_dirs(args), timeout=args.timeout)
+
+
+def emit_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, default=_json_default))
+
+
+def _json_default(value: Any) -> Any:
+    if is_dataclass(value) and not isinstance(value, type):
+        return asdict(value)
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return str(value)
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def duration(ms: float) -> str:
+    return f"{ms:.1f} ms" if ms < 1000 else f"{ms / 1000:.2f} s"
