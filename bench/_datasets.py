@@ -190,3 +190,38 @@ def recall_at_k(found: Sequence[Sequence[int]], truth: np.ndarray, k: int) -> fl
     """Mean fraction of each query's true top-k that the search returned in its first k."""
     hits = [len(set(list(f)[:k]) & set(truth[i, :k].tolist())) for i, f in enumerate(found)]
     return float(sum(hits)) / (k * len(found))
+
+
+def minilm_mixture(
+    folder: Path,
+    n: int,
+    *,
+    seed: int = 0,
+    neighbours: int = 10,
+    mix: int = 3,
+    noise: float = 0.3,
+) -> tuple[np.ndarray, np.ndarray]:
+    """`n` x 384 "real-text-like" unit rows grown from stdlib-minilm, and its 200 real queries.
+
+    Row j is a convex mix of one random base row `a` and `mix` of `a`'s `neighbours`
+    nearest base rows (cosine; picked at random), weighted Dirichlet(4, 1, …, 1) so `a`
+    dominates, plus isotropic Gaussian noise of norm about `noise`, normalised to unit
+    length. So the rows sit on the real embeddings' manifold, in tight clusters of about
+    n / 1,966 paraphrase-like rows around each docstring, and the queries are the set's own
+    natural-language queries (not rows of the base). Seeded: the same arguments give the
+    same rows on every machine.
+    """
+    minilm = folder / "stdlib-minilm"
+    base = _normalised(np.load(_require(minilm / "base.npy")).astype(np.float64))
+    queries = np.load(_require(minilm / "queries.npy")).astype(np.float32, copy=False)
+    rng = np.random.default_rng(seed)
+    similarity = base @ base.T
+    np.fill_diagonal(similarity, -np.inf)
+    nearest = np.argsort(-similarity, axis=1)[:, :neighbours]
+    anchors = rng.integers(0, base.shape[0], size=n)
+    picks = np.argsort(rng.random((n, neighbours)), axis=1)[:, :mix]
+    members = np.concatenate([anchors[:, None], nearest[anchors[:, None], picks]], axis=1)
+    weights = rng.dirichlet([4.0] + [1.0] * mix, size=n)
+    rows = np.einsum("nm,nmd->nd", weights, base[members])
+    rows += rng.standard_normal(rows.shape) * (noise / np.sqrt(base.shape[1]))
+    return _normalised(rows).astype(np.float32), queries

@@ -9,6 +9,7 @@ from shareddb.errors import (
     ConfigError,
     DatabaseUnavailableError,
     DimensionMismatchError,
+    EmbeddingNotFoundError,
     ExtensionMissingError,
     InvalidArgumentError,
     InvalidEmbeddingError,
@@ -20,7 +21,14 @@ from shareddb.errors import (
     ShareddbError,
 )
 from shareddb.sessions import SessionRecord, SessionStorage
-from shareddb.vectors import IndexInfo, SearchResult, VectorStorage
+from shareddb.vectors import (
+    EmbeddingItem,
+    EmbeddingRecord,
+    IndexInfo,
+    SearchHit,
+    SearchResult,
+    VectorStorage,
+)
 
 # Public types defined in private modules show (and pickle) under the name users import.
 for _public in (AppliedMigration, DbConfig, DbService, MigrationInfo, MigrationReport):
@@ -34,6 +42,9 @@ __all__ = [
     "DbConfig",
     "DbService",
     "DimensionMismatchError",
+    "EmbeddingItem",
+    "EmbeddingNotFoundError",
+    "EmbeddingRecord",
     "ExtensionMissingError",
     "IndexInfo",
     "InvalidArgumentError",
@@ -43,6 +54,7 @@ __all__ = [
     "MigrationInfo",
     "MigrationLockTimeout",
     "MigrationReport",
+    "SearchHit",
     "SearchResult",
     "SessionExistsError",
     "SessionNotFoundError",

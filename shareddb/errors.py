@@ -79,6 +79,13 @@ class InvalidEmbeddingError(ShareddbError, ValueError):
     """An embedding is not a 1-D array of finite real numbers of a valid size."""
 
 
+class EmbeddingNotFoundError(ShareddbError, KeyError):
+    """No embedding is stored under the id that `VectorStorage.search_by_id()` was given."""
+
+    def __str__(self) -> str:  # KeyError's own would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
 class InvalidSessionError(InvalidArgumentError):
     """A session record, name, field or filter is invalid (wrong type, empty, NUL, …)."""
 

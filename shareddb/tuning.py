@@ -1,16 +1,20 @@
 """Pick an index's search setting from measurements on the vectors already stored.
 
 `tune()` answers "which ``ef_search`` (HNSW) or ``probes`` (IVFFlat) reaches the recall
-I need, and what does it cost?" on your data, without a labelled query set: it samples
-stored vectors as queries, gets their exact neighbours with ``search(exact=True)``
-(leaving each query's own row out), and sweeps the setting of the index upward until
-recall@k reaches the target. Pass the chosen value to ``VectorStorage.search``::
+I need, and what does it cost?" on your data. Give it your real queries (``queries=``, a
+2-D array: every one is used) or let it sample stored vectors as queries; it gets their
+exact neighbours with ``search(exact=True)`` and sweeps the setting of the index upward
+until recall@k reaches the target. A stored vector's own row is excluded from both its
+exact and its approximate answer (``search(..., exclude=[its id])``), so it is never
+counted as finding itself; stored vectors still make easier queries than new ones (each
+sits in the index next to its neighbours), so prefer real queries. Pass the chosen value
+to ``VectorStorage.search``::
 
-    result = tune(vectors, 384, metric="cosine")
+    result = tune(vectors, 384, metric="cosine", queries=real_queries)
     print(result.table())
     hits = vectors.search(query, k=10, metric="cosine", ef_search=result.value)
 
-The command line does the same: ``shareddb tune --dimension 384 --metric cosine``.
+The command line does the same: ``shareddb tune --dimension 384 --queries queries.npy``.
 """
 
 from __future__ import annotations
@@ -19,17 +23,27 @@ import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from shareddb._engines.postgres.pgvector import (
+    INSTALLED_VERSION,
+    ITERATIVE_SCAN_PGVECTOR,
+    version_tuple,
+)
 from shareddb._vectors.validation import MAX_K, Metric, as_dimension, as_int, check_metric
 from shareddb.errors import InvalidArgumentError, InvalidEmbeddingError, ShareddbError
 
 if TYPE_CHECKING:
     from shareddb.vectors import IndexInfo, VectorStorage
 
-__all__ = ["TuneResult", "TuneRow", "tune"]
+__all__ = ["TuneResult", "TuneRow", "check_queries", "tune"]
+
+DEFAULT_SAMPLE = 100  # stored vectors used as queries when no queries are given
+
+# A query of the measurement: the id of the stored vector it is (None: a given query).
+Probe = tuple[str | None, np.ndarray[Any, Any]]
 
 # pgvector accepts ef_search 1..1000; below k an HNSW scan returns fewer than k rows.
 EF_SEARCH_STEPS = (10, 20, 40, 60, 80, 100, 120, 160, 200, 300, 400, 600, 800, 1000)
@@ -39,7 +53,7 @@ PARAMETER = {"hnsw": "ef_search", "ivfflat": "probes"}
 
 @dataclass(frozen=True)
 class TuneRow:
-    """One setting of the sweep: its recall@k on the sample and its search latency."""
+    """One setting of the sweep: its recall@k on the queries and its search latency."""
 
     value: int
     recall: float
@@ -55,7 +69,10 @@ class TuneResult:
     the index with a larger ``m`` / ``ef_construction`` or more ``lists``, or use
     ``exact=True``). `rows` lists every setting tried, in increasing order; the
     sweep stops at the first one that meets the target. `exact_p50_ms` is the
-    latency of an exact search over the same rows, for comparison.
+    latency of an exact search over the same rows, for comparison. `queries` says
+    what was measured: ``"given"`` (every one of the queries passed, `sample` of them)
+    or ``"stored"`` (`sample` stored vectors, `sample_ids`, each one's own row
+    excluded from its answers).
     """
 
     index: str
@@ -70,6 +87,7 @@ class TuneResult:
     rows: tuple[TuneRow, ...]
     exact_p50_ms: float
     sample_ids: tuple[str, ...] = ()
+    queries: Literal["stored", "given"] = "stored"
 
     @property
     def met(self) -> bool:
@@ -88,10 +106,17 @@ class TuneResult:
     def table(self) -> str:
         """The sweep as a plain-text table followed by a one-line recommendation."""
         head = f"{self.parameter:>10}  recall@{self.k:<3}  p50 ms  p95 ms"
+        if self.queries == "given":
+            measured = f"all {self.sample} given queries"
+        else:
+            measured = (
+                f"{self.sample} stored vectors as queries, each one's own row excluded "
+                "(stored vectors are easier queries than new ones: pass real queries with "
+                "queries= or --queries FILE.npy)"
+            )
         lines = [
             f"index {self.index} ({self.method}, {self.metric}, dimension {self.dimension}); "
-            f"{self.sample} stored vectors as queries, target recall@{self.k} "
-            f">= {self.target_recall:g}",
+            f"target recall@{self.k} >= {self.target_recall:g}; measured on {measured}",
             head,
         ]
         for r in self.rows:
@@ -125,7 +150,7 @@ def tune(
     metric: str,
     target_recall: float = 0.95,
     k: int = 10,
-    sample: int = 100,
+    sample: int | None = None,
     method: str | None = None,
     values: Sequence[int] | None = None,
     queries: object = None,
@@ -133,30 +158,33 @@ def tune(
 ) -> TuneResult:
     """Measure recall@k and latency of the index for `dimension` / `metric`; pick a setting.
 
-    Samples `sample` stored vectors of that dimension (the same ones for the same
-    `seed` and rows) as queries, leaves each query's own row out of its answers,
-    takes the exact top `k` from ``search(exact=True)``, then runs the same searches
-    through the index at increasing ``ef_search`` (HNSW) or ``probes`` (IVFFlat)
-    until the mean recall@k reaches `target_recall`. Every search goes through
-    `storage.search`, so the latencies are what your application will see.
+    With `queries` (your real queries, a 2-D array with one per row) every one of them
+    is used. Without, `sample` stored vectors of that dimension (default 100, the same
+    ones for the same `seed` and rows) are the queries, and each one's own row is
+    excluded (``search(..., exclude=[its id])``) from both its exact and its
+    approximate answer. It takes the exact top `k` from ``search(exact=True)``, then
+    runs the same searches through the index at increasing ``ef_search`` (HNSW) or
+    ``probes`` (IVFFlat) until the mean recall@k reaches `target_recall`. Every search
+    goes through `storage.search`, so the latencies are what your application will see.
 
-    Stored vectors make easier queries than new ones (each sits in the index's
-    graph or list next to its neighbours), so the recall measured on them runs a
-    little high: aim `target_recall` slightly above what you need, or pass real
-    `queries`. Use it after loading (and after large changes to the data). It
+    Stored vectors make easier queries than new ones (each sits in the index's graph
+    or list next to its neighbours), so the recall measured on them runs high: on
+    stdlib-minilm (1,966 rows, HNSW m=16) 100 stored vectors showed recall@10 0.999 at
+    ``ef_search=10``, where the dataset's 200 real queries got 0.963. Pass real
+    `queries` when you have them. Use it after loading (and after large changes to the data). It
     only reads, and checks first that searches use the index (an unanalyzed table
     can make the planner skip it). Raises ShareddbError on SQLite (searches there
     are exact), when no index matches (build one with ``create_index``), or when
-    fewer than ``k + 1`` vectors of that dimension are stored; InvalidArgumentError for a
-    bad argument.
+    fewer than ``k + 1`` vectors of that dimension are stored (``k`` with `queries`);
+    InvalidArgumentError for a bad argument, InvalidEmbeddingError for bad `queries`.
 
+    :param sample: how many stored vectors to use as queries (not with `queries`).
     :param method: ``"hnsw"`` or ``"ivfflat"`` when both kinds exist for the
         dimension and metric (keep one: the planner picks either).
     :param values: the settings to sweep, instead of the built-in ladder.
-    :param queries: real query vectors (a 2-D array, one per row) to measure with
-        instead of stored ones; up to `sample` of them are used, and no row is left
-        out of their answers.
-    :param seed: picks the sample.
+    :param queries: real query vectors (a 2-D array of numbers, one query of
+        `dimension` per row); all of them are measured (see `check_queries`).
+    :param seed: picks the sample of stored vectors.
     """
     dim = as_dimension(dimension)
     checked_metric = check_metric(metric)
@@ -166,8 +194,15 @@ def tune(
         raise InvalidArgumentError(
             f"target_recall={target_recall!r} must be in (0, 1]; 0.95 is common"
         )
-    top = as_int(k, "k", 1, MAX_K - 1)  # searches ask for k + 1 rows
-    size = as_int(sample, "sample", 1, 100_000)
+    top = as_int(k, "k", 1, MAX_K)
+    if queries is not None and sample is not None:
+        raise InvalidArgumentError(
+            f"sample={sample!r} picks stored vectors as queries, and queries= were given: "
+            "every given query is used",
+            fix="drop sample= (or drop queries= to measure on stored vectors)",
+        )
+    size = as_int(DEFAULT_SAMPLE if sample is None else sample, "sample", 1, 100_000)
+    given = None if queries is None else check_queries(queries, dim)
     db = storage.db
     where = f"table {storage.table!r}"
     if db.get_backend_type() != "postgres":
@@ -177,28 +212,36 @@ def tune(
         )
     info = _pick_index(storage, dim, checked_metric, method, where)
     parameter = PARAMETER[info.method]
-    # A stored query finds itself too: ask for k + 1 rows and drop it. HNSW scans
-    # return at most ef_search rows, and search() raises ef_search to the rows asked.
-    fetch = top + 1 if queries is None else top
-    ladder = _ladder(info, values, fetch)
     stored = storage.count(dimension=dim)
-    if stored < top + 1:
+    if given is None and stored < top + 1:
         raise ShareddbError(
             f"{where} holds {stored} embeddings of dimension {dim}; "
             f"tune() needs at least k + 1 = {top + 1} to leave each query's own row out; "
             "load the data first"
         )
-    if queries is None:
-        probes = _stored_queries(storage, dim, size, seed)
-    else:
-        probes = _given_queries(queries, dim, size)
-    _check_plan(storage, info, probes[0][1], fetch, checked_metric, parameter, ladder[0], where)
-    exact_answers, exact_seconds = _run(storage, probes, fetch, checked_metric, {"exact": True})
-    _run(storage, probes, fetch, checked_metric, {parameter: ladder[0]})  # warm the index up
+    if given is not None and stored < top:
+        raise ShareddbError(
+            f"{where} holds {stored} embeddings of dimension {dim}, fewer than k = {top}; "
+            "load the data first"
+        )
+    probes: list[Probe] = (
+        _stored_queries(storage, dim, size, seed)
+        if given is None
+        else [(None, row) for row in given]
+    )
+    # An HNSW scan yields at most ef_search rows. Excluding a stored query's own row
+    # leaves ef_search - 1 of them: pgvector 0.8+ scans on (iterative scan) until k
+    # rows pass, but before 0.8 search() would answer a short result exactly, so
+    # there the sweep starts at k + 1.
+    floor = top + 1 if given is None and not _iterative_scans(storage) else top
+    ladder = _ladder(info, values, floor)
+    _check_plan(storage, info, probes[0], top, checked_metric, parameter, ladder[0], where)
+    exact_answers, exact_seconds = _run(storage, probes, top, checked_metric, {"exact": True})
+    _run(storage, probes, top, checked_metric, {parameter: ladder[0]})  # warm the index up
     rows: list[TuneRow] = []
     chosen: int | None = None
     for value in ladder:
-        answers, seconds = _run(storage, probes, fetch, checked_metric, {parameter: value})
+        answers, seconds = _run(storage, probes, top, checked_metric, {parameter: value})
         rows.append(
             TuneRow(
                 value=value,
@@ -223,6 +266,7 @@ def tune(
         rows=tuple(rows),
         exact_p50_ms=_ms(exact_seconds, 50),
         sample_ids=tuple(task_id for task_id, _ in probes if task_id is not None),
+        queries="stored" if given is None else "given",
     )
 
 
@@ -262,24 +306,22 @@ def _pick_index(
     return found[0]
 
 
-def _ladder(info: IndexInfo, values: Sequence[int] | None, fetch: int) -> list[int]:
+def _ladder(info: IndexInfo, values: Sequence[int] | None, floor: int) -> list[int]:
     if values is not None:
         given = [_positive_int(v, "each of values") for v in values]
         if not given:
             raise InvalidArgumentError("values is empty; pass at least one setting, or None")
     if info.method == "hnsw":
-        # search() raises ef_search to the rows asked for: what runs is at least that.
-        return sorted({max(v, fetch) for v in (EF_SEARCH_STEPS if values is None else given)})
+        # search() raises ef_search to k: what runs is at least that (see `floor`).
+        return sorted({max(v, floor) for v in (EF_SEARCH_STEPS if values is None else given)})
     if values is not None:
         return sorted(set(given))
     lists = int(info.parameters.get("lists", 0)) or max(PROBES_STEPS)
     return [v for v in PROBES_STEPS if v < lists] + [lists]
 
 
-def _stored_queries(
-    storage: VectorStorage, dim: int, size: int, seed: int
-) -> list[tuple[str | None, np.ndarray[Any, Any]]]:
-    probes: list[tuple[str | None, np.ndarray[Any, Any]]] = []
+def _stored_queries(storage: VectorStorage, dim: int, size: int, seed: int) -> list[Probe]:
+    probes: list[Probe] = []
     for task_id in _sample_ids(storage, dim, size, seed):
         vector = storage.get(task_id)
         if vector is not None:  # deleted meanwhile
@@ -287,36 +329,69 @@ def _stored_queries(
     return probes
 
 
-def _given_queries(
-    queries: object, dim: int, size: int
-) -> list[tuple[str | None, np.ndarray[Any, Any]]]:
+def check_queries(queries: object, dimension: int) -> np.ndarray[Any, np.dtype[np.float32]]:
+    """`queries` as a float32 matrix with one query of `dimension` per row, or
+    InvalidEmbeddingError saying what is wrong with it (dtype, shape, dimension, values).
+    """
     try:
-        matrix = np.asarray(queries, dtype=np.float32)
+        matrix = np.asarray(queries)
     except (TypeError, ValueError) as e:
-        raise InvalidEmbeddingError(f"queries must be a 2-D array of numbers: {e}") from None
-    if matrix.ndim != 2 or matrix.shape[0] == 0 or matrix.shape[1] != dim:
         raise InvalidEmbeddingError(
-            f"queries has shape {matrix.shape}; pass a 2-D array with one query of "
-            f"dimension {dim} per row"
+            f"queries must be a 2-D array of numbers: {e}",
+            fix=f"pass a numpy array of shape (n, {dimension})",
+        ) from None
+    if matrix.dtype.kind not in "fiu":
+        raise InvalidEmbeddingError(
+            f"queries has dtype {matrix.dtype}, not numbers",
+            fix=f"pass float32 (or other real numbers) of shape (n, {dimension})",
         )
-    if not np.isfinite(matrix).all():
-        raise InvalidEmbeddingError("queries holds NaN or infinite values; pass finite numbers")
-    return [(None, row) for row in matrix[:size]]
+    if matrix.ndim != 2 or matrix.shape[0] == 0:
+        raise InvalidEmbeddingError(
+            f"queries has shape {matrix.shape}; tune needs a 2-D array with one query per row",
+            fix=f"pass shape (n, {dimension}) with n >= 1 (one query q: q[None, :])",
+        )
+    if matrix.shape[1] != dimension:
+        raise InvalidEmbeddingError(
+            f"queries has dimension {matrix.shape[1]} (shape {matrix.shape}), "
+            f"not the index's dimension {dimension}",
+            fix=f"pass queries embedded with the model that made the {dimension}-d vectors",
+        )
+    with np.errstate(over="ignore", invalid="ignore"):  # reported below, as a value error
+        result = matrix.astype(np.float32)
+    if not np.isfinite(result).all():
+        bad = int(np.flatnonzero(~np.isfinite(result).all(axis=1))[0])
+        raise InvalidEmbeddingError(
+            f"queries holds NaN or infinite values (first in row {bad}, or too large for float32)",
+            fix="pass finite numbers",
+        )
+    return result
+
+
+def _iterative_scans(storage: VectorStorage) -> bool:
+    """Whether pgvector scans an index on until enough rows pass a filter (0.8+)."""
+    version = storage.db.pgvector_version
+    if version is None:
+        with storage.db.connection() as conn:
+            row = conn.execute(INSTALLED_VERSION).fetchone()
+        version = str(row[0]) if row else "0"
+    return version_tuple(version) >= ITERATIVE_SCAN_PGVECTOR
 
 
 def _check_plan(
     storage: VectorStorage,
     info: IndexInfo,
-    query: np.ndarray[Any, Any],
-    fetch: int,
+    probe: Probe,
+    k: int,
     metric: Metric,
     parameter: str,
     value: int,
     where: str,
 ) -> None:
-    """Raise unless a search at this setting scans `info`'s index."""
+    """Raise unless a search at this setting (the one `_run` makes) scans `info`'s index."""
     options: dict[str, Any] = {parameter: value}
-    plan = storage.explain(query, fetch, metric=metric, **options)
+    task_id, query = probe
+    exclude = None if task_id is None else [task_id]
+    plan = storage.explain(query, k, metric=metric, exclude=exclude, **options)
     if info.name not in plan:
         steps = [line.strip()[:80] for line in plan.splitlines() if not line.startswith("--")]
         raise ShareddbError(
@@ -335,24 +410,25 @@ def _sample_ids(storage: VectorStorage, dim: int, size: int, seed: int) -> list[
 
 def _run(
     storage: VectorStorage,
-    queries: list[tuple[str | None, np.ndarray[Any, Any]]],
-    fetch: int,
+    queries: list[Probe],
+    k: int,
     metric: Metric,
     options: dict[str, Any],
 ) -> tuple[list[list[str]], list[float]]:
-    """Each query's top `fetch` rows other than itself (at most k), and each search's seconds.
+    """Each query's top `k` ids, and each search's seconds.
 
-    `fetch` is k + 1 for stored queries (one row is the query) and k for given ones.
+    A stored query's own row is excluded by the search itself, so its answer holds
+    `k` other rows and it is never counted as finding itself.
     """
     answers: list[list[str]] = []
     seconds: list[float] = []
     clock = time.perf_counter
     for task_id, vector in queries:
+        exclude = None if task_id is None else (task_id,)
         start = clock()
-        hits = storage.search(vector, fetch, metric=metric, **options)
+        hits = storage.search(vector, k, metric=metric, exclude=exclude, **options)
         seconds.append(clock() - start)
-        others = [h.qualified_task_id for h in hits if h.qualified_task_id != task_id]
-        answers.append(others[: fetch - 1] if task_id is not None else others)
+        answers.append([h.qualified_task_id for h in hits])
     return answers, seconds
 
 

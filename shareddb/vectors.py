@@ -1,29 +1,37 @@
 """Task embeddings: store vectors per qualified task id and search them by similarity.
 
-`VectorStorage(db)` works the same on both backends. On PostgreSQL it writes plain
-SQL for pgvector (binary COPY for bulk loads, partial expression indexes per
-dimension, per-query settings with ``SET LOCAL`` semantics); on SQLite it stores
-little-endian float32 blobs and searches exactly with numpy over a cached matrix.
+`VectorStorage(db)` works the same on both engines. Each row is a record: the vector,
+its task-source label (`backend`), a JSON object of `metadata` to filter on, the
+`content_hash` of the embedded text and the `model` that made it. On PostgreSQL it
+writes plain SQL for pgvector (binary COPY for bulk loads, partial expression indexes
+per dimension, per-query settings with ``SET LOCAL`` semantics, filters in SQL); on
+SQLite it stores little-endian float32 blobs and JSON text, filters in SQL and ranks
+the matching rows exactly with numpy over a cached matrix.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
 
 from shareddb._core.types import Connection
-from shareddb._vectors.batches import iter_batches
-from shareddb._vectors.request import index_request, search_request
-from shareddb._vectors.results import IndexInfo, SearchResult
+from shareddb._vectors.batches import EmbeddingItem, checked_ids, iter_batches, row_fields
+from shareddb._vectors.request import (
+    NO_FILTER,
+    RowFilter,
+    index_request,
+    row_filter,
+    search_request,
+)
+from shareddb._vectors.results import EmbeddingRecord, IndexInfo, SearchHit, SearchResult
 from shareddb._vectors.validation import (
     Method,
     Metric,
-    as_dimension,
     as_embedding,
-    check_backend,
+    check_label,
     check_table_name,
     check_task_id,
     default_backend,
@@ -34,7 +42,18 @@ if TYPE_CHECKING:
     from shareddb._core.service import DbService
     from shareddb._vectors.ops import VectorOps
 
-__all__ = ["IndexInfo", "SearchResult", "VectorStorage"]
+__all__ = [
+    "EmbeddingItem",
+    "EmbeddingRecord",
+    "IndexInfo",
+    "SearchHit",
+    "SearchResult",
+    "VectorStorage",
+]
+
+# A filter over metadata keys (see the README's "Filters"): {"status": "open"},
+# {"priority": {"$gte": 2}}, {"$or": [...]}.
+Where = Mapping[str, Any]
 
 logger = logging.getLogger("shareddb.vectors")
 
@@ -94,47 +113,68 @@ class VectorStorage:
         embedding: object,
         *,
         backend: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        content_hash: str | None = None,
+        model: str | None = None,
         conn: Connection | None = None,
     ) -> None:
-        """Store `embedding` for a task, replacing the one it had (same dimension only).
+        """Store `embedding` and its record for a task, replacing the vector it had.
 
-        An existing row keeps its ``created_at`` and moves ``updated_at``. `backend`
-        defaults to the prefix of the id before ``#`` (``md#253`` -> ``md``).
-        Raises DimensionMismatchError when the id is stored with another dimension
-        (delete it first to change it), InvalidEmbeddingError for an empty, 2-D,
-        non-numeric or non-finite embedding. For many rows use `upsert_many`.
+        On an existing id every field left None keeps its stored value (`backend`
+        included; ``metadata={}`` clears the metadata); on a new id `backend` defaults
+        to the prefix of the id before ``#`` (``md#253`` -> ``md``) and `metadata` to
+        ``{}``. The row keeps its ``created_at`` and moves ``updated_at``. Raises
+        DimensionMismatchError when the id is stored with another dimension (delete it
+        first to change it), InvalidEmbeddingError for an empty, 2-D, non-numeric or
+        non-finite embedding, InvalidArgumentError for metadata that is not a JSON
+        object (naming the key). For many rows use `upsert_many`.
         """
         task_id = check_task_id(qualified_task_id)
-        label = default_backend(task_id) if backend is None else check_backend(backend)
+        fields = row_fields(
+            task_id, backend=backend, metadata=metadata, content_hash=content_hash, model=model
+        )
         vector = as_embedding(embedding, what=f"embedding of {task_id!r}")
         with self._errors:
-            self._impl.upsert(task_id, label, vector, conn)
+            self._impl.upsert(task_id, default_backend(task_id), vector, fields, conn)
 
     def upsert_many(
         self,
-        items: Iterable[tuple[str, object]] | tuple[Iterable[str], object],
+        items: Iterable[tuple[str, object] | EmbeddingItem] | tuple[Iterable[str], object],
         *,
+        metadata: list[Mapping[str, Any] | None] | None = None,
+        content_hashes: list[str | None] | None = None,
+        model: str | None = None,
         conn: Connection | None = None,
     ) -> int:
         """Store many embeddings at once, all or nothing; returns how many items were given.
 
-        `items` is either an iterable of ``(qualified_task_id, embedding)`` pairs
-        (consumed in bounded batches, never held in memory whole) or one pair
-        ``(ids, matrix)`` of a sequence of ids and a 2-D numpy array with a row per
-        id. When an id repeats, its last embedding wins. On PostgreSQL rows stream
-        through binary COPY: straight into the table while none of the ids exists
-        yet, otherwise through a temporary table and one ``INSERT … ON CONFLICT``.
-        On SQLite, ``executemany`` in one transaction. Any bad item raises before
-        the transaction commits and leaves the table exactly as it was.
+        `items` is either one pair ``(ids, matrix)`` of a sequence of ids and a 2-D
+        numpy array with a row per id — with `metadata` and `content_hashes` lists
+        aligned with the ids — or an iterable of ``(qualified_task_id, embedding)``
+        pairs or `EmbeddingItem` records carrying their own fields (consumed in
+        bounded batches, never held in memory whole). `model` applies to every row
+        (an item's own model wins). As in `upsert`, a field left None keeps the stored
+        value. When an id repeats, its last item wins. On PostgreSQL rows stream
+        through binary COPY: straight into the table while none of the ids exists yet,
+        otherwise through a temporary table and one ``MERGE``. On SQLite,
+        ``executemany`` in one transaction. Any bad item raises before the
+        transaction commits and leaves the table exactly as it was.
         """
+        batches = iter_batches(items, metadata=metadata, content_hashes=content_hashes, model=model)
         with self._errors:
-            return self._impl.upsert_many(iter_batches(items), conn)
+            return self._impl.upsert_many(batches, conn)
 
     def delete(self, qualified_task_id: str, *, conn: Connection | None = None) -> bool:
         """Remove a task's embedding; True if there was one."""
         task_id = check_task_id(qualified_task_id)
         with self._errors:
             return self._impl.delete(task_id, conn)
+
+    def delete_many(self, ids: Iterable[str], *, conn: Connection | None = None) -> int:
+        """Remove the embeddings of these ids in one statement; how many there were."""
+        checked = _id_list(ids, "delete_many")
+        with self._errors:
+            return self._impl.delete_many(checked, conn) if checked else 0
 
     # -- reads -------------------------------------------------------------------------
 
@@ -146,11 +186,130 @@ class VectorStorage:
         with self._errors:
             return self._impl.get(task_id, conn)
 
-    def count(self, *, dimension: int | None = None, conn: Connection | None = None) -> int:
-        """How many embeddings are stored, or how many of one dimension."""
-        dim = None if dimension is None else as_dimension(dimension)
+    def get_record(
+        self, qualified_task_id: str, *, conn: Connection | None = None
+    ) -> EmbeddingRecord | None:
+        """The stored record (vector, backend, metadata, content hash, model, times), or None."""
+        task_id = check_task_id(qualified_task_id)
         with self._errors:
-            return self._impl.count(dim, conn)
+            return self._impl.get_record(task_id, conn)
+
+    def get_many(
+        self, ids: Iterable[str], *, conn: Connection | None = None
+    ) -> dict[str, np.ndarray[Any, Any]]:
+        """The stored embeddings of these ids in one statement; missing ids are absent."""
+        checked = _id_list(ids, "get_many")
+        with self._errors:
+            return self._impl.get_many(checked, conn) if checked else {}
+
+    def exists(self, qualified_task_id: str, *, conn: Connection | None = None) -> bool:
+        """Whether an embedding is stored for the id."""
+        task_id = check_task_id(qualified_task_id)
+        with self._errors:
+            return self._impl.exists(task_id, conn)
+
+    def ids(
+        self,
+        *,
+        where: Where | None = None,
+        backend: str | None = None,
+        model: str | None = None,
+        dimension: int | None = None,
+        conn: Connection | None = None,
+    ) -> Iterator[str]:
+        """The ids of the matching rows, in code-point order, streamed.
+
+        The ids never sit in memory all at once: PostgreSQL reads them through a
+        server-side cursor (a pooled connection stays checked out until the iterator
+        is exhausted or closed), SQLite in pages, each in a short read transaction.
+        The filter is checked now; the rows are read as you iterate.
+        """
+        rows = row_filter(dimension=dimension, backend=backend, model=model, where=where)
+        return self._ids(rows, conn)
+
+    def _ids(self, rows: RowFilter, conn: Connection | None) -> Iterator[str]:
+        with self._errors:
+            yield from self._impl.ids(rows, conn)
+
+    def count(
+        self,
+        *,
+        dimension: int | None = None,
+        backend: str | None = None,
+        model: str | None = None,
+        where: Where | None = None,
+        conn: Connection | None = None,
+    ) -> int:
+        """How many embeddings are stored, or how many match the given filters."""
+        rows = row_filter(dimension=dimension, backend=backend, model=model, where=where)
+        with self._errors:
+            return self._impl.count(rows, conn)
+
+    def stale(
+        self,
+        hashes: Mapping[str, str],
+        *,
+        model: str | None = None,
+        conn: Connection | None = None,
+    ) -> list[str]:
+        """Of ``{id: content_hash}``, the ids to embed again, in the given order.
+
+        An id is stale when nothing is stored for it, when its stored content hash
+        differs (or is missing), or — with `model` — when another model made it. One
+        statement, however many ids.
+        """
+        if not isinstance(hashes, Mapping):
+            raise InvalidArgumentError(
+                f"stale() takes a mapping of id to content hash, not {type(hashes).__name__}",
+                fix="pass {qualified_task_id: content_hash, ...}",
+            )
+        pairs = [
+            (check_task_id(task_id), check_label("content_hash", digest))
+            for task_id, digest in hashes.items()
+        ]
+        checked_model = None if model is None else check_label("model", model)
+        if not pairs:
+            return []
+        with self._errors:
+            return self._impl.stale(pairs, checked_model, conn)
+
+    @overload
+    def search(
+        self,
+        query: object,
+        k: int = ...,
+        *,
+        metric: Metric = ...,
+        backend: str | None = ...,
+        model: str | None = ...,
+        where: Where | None = ...,
+        max_distance: float | None = ...,
+        exclude: Iterable[str] | None = ...,
+        exact: bool = ...,
+        ef_search: int | None = ...,
+        probes: int | None = ...,
+        with_metadata: Literal[False] = ...,
+        conn: Connection | None = ...,
+    ) -> list[SearchResult]: ...
+
+    @overload
+    def search(
+        self,
+        query: object,
+        k: int = ...,
+        *,
+        metric: Metric = ...,
+        backend: str | None = ...,
+        model: str | None = ...,
+        where: Where | None = ...,
+        max_distance: float | None = ...,
+        exclude: Iterable[str] | None = ...,
+        exact: bool = ...,
+        ef_search: int | None = ...,
+        probes: int | None = ...,
+        with_metadata: Literal[True],
+        conn: Connection | None = ...,
+    ) -> list[SearchHit]: ...
 
     def search(
         self,
@@ -159,26 +318,131 @@ class VectorStorage:
         *,
         metric: Metric = "cosine",
         backend: str | None = None,
+        model: str | None = None,
+        where: Where | None = None,
+        max_distance: float | None = None,
+        exclude: Iterable[str] | None = None,
         exact: bool = False,
         ef_search: int | None = None,
         probes: int | None = None,
+        with_metadata: bool = False,
         conn: Connection | None = None,
-    ) -> list[SearchResult]:
-        """The `k` stored embeddings nearest to `query`, nearest first.
+    ) -> list[SearchResult] | list[SearchHit]:
+        """The `k` stored embeddings nearest to `query` that match the filters, nearest first.
 
-        Only embeddings with the query's dimension are compared; `backend` keeps
-        those of one backend (``"md"``, ``"gh"``). On PostgreSQL an index of that
-        dimension and metric is used when one exists: `ef_search` (HNSW, raised to
-        at least `k`) and `probes` (IVFFlat) trade speed for recall and apply to
-        this query only; a filtered search on pgvector 0.8+ scans the index
-        iteratively so it still returns `k` rows when `k` exist. `exact=True`
-        bypasses indexes (for recall checks). SQLite is always exact.
+        Only embeddings with the query's dimension are compared. `backend`, `model`
+        and `where` (a filter over metadata keys, see the README) keep the matching
+        rows, `exclude` drops ids; a filtered search returns ``min(k, matching rows)``
+        rows whatever the filter's selectivity. `max_distance` keeps hits with
+        ``distance <= max_distance`` (so it may return fewer than k).
+        `with_metadata=True` returns `SearchHit` rows carrying each hit's metadata (no
+        second round trip on PostgreSQL).
 
-        Raises DimensionMismatchError when nothing of the query's dimension is
-        stored but other dimensions are; InvalidEmbeddingError for a bad query
-        (or an all-zero query with ``metric="cosine"``).
+        On PostgreSQL an index of that dimension and metric is used when one exists:
+        `ef_search` (HNSW, raised to at least `k`) and `probes` (IVFFlat) trade speed
+        for recall and apply to this query only; filtered searches scan the index
+        iteratively (pgvector 0.8+) and fall back to an exact scan of the matching rows
+        when the index scan stops short. `exact=True` bypasses indexes (for recall
+        checks). SQLite is always exact.
+
+        Raises DimensionMismatchError when nothing of the query's dimension is stored
+        but other dimensions are; InvalidEmbeddingError for a bad query (or an
+        all-zero query with ``metric="cosine"``); InvalidArgumentError for a malformed
+        filter, before any SQL runs.
         """
-        request = search_request(query, k, metric, backend, exact, ef_search, probes)
+        if backend is None and model is None and where is None and exclude is None:
+            rows = NO_FILTER  # the common case, spared the checks
+        else:
+            rows = row_filter(backend=backend, model=model, where=where, exclude=exclude)
+        request = search_request(
+            query,
+            k,
+            metric,
+            rows,
+            exact,
+            ef_search,
+            probes,
+            max_distance,
+            with_metadata=with_metadata,
+        )
+        with self._errors:
+            return self._impl.search(request, conn)
+
+    @overload
+    def search_by_id(
+        self,
+        qualified_task_id: str,
+        k: int = ...,
+        *,
+        metric: Metric = ...,
+        backend: str | None = ...,
+        model: str | None = ...,
+        where: Where | None = ...,
+        max_distance: float | None = ...,
+        exclude: Iterable[str] | None = ...,
+        exact: bool = ...,
+        ef_search: int | None = ...,
+        probes: int | None = ...,
+        with_metadata: Literal[False] = ...,
+        conn: Connection | None = ...,
+    ) -> list[SearchResult]: ...
+
+    @overload
+    def search_by_id(
+        self,
+        qualified_task_id: str,
+        k: int = ...,
+        *,
+        metric: Metric = ...,
+        backend: str | None = ...,
+        model: str | None = ...,
+        where: Where | None = ...,
+        max_distance: float | None = ...,
+        exclude: Iterable[str] | None = ...,
+        exact: bool = ...,
+        ef_search: int | None = ...,
+        probes: int | None = ...,
+        with_metadata: Literal[True],
+        conn: Connection | None = ...,
+    ) -> list[SearchHit]: ...
+
+    def search_by_id(
+        self,
+        qualified_task_id: str,
+        k: int = 10,
+        *,
+        metric: Metric = "cosine",
+        backend: str | None = None,
+        model: str | None = None,
+        where: Where | None = None,
+        max_distance: float | None = None,
+        exclude: Iterable[str] | None = None,
+        exact: bool = False,
+        ef_search: int | None = None,
+        probes: int | None = None,
+        with_metadata: bool = False,
+        conn: Connection | None = None,
+    ) -> list[SearchResult] | list[SearchHit]:
+        """More like this: `search` with the stored vector of an id, the id itself never a hit.
+
+        The vector is read inside the search (one round trip on PostgreSQL while the
+        table holds one dimension). Raises EmbeddingNotFoundError (a KeyError) when
+        nothing is stored for the id.
+        """
+        task_id = check_task_id(qualified_task_id)
+        rows = row_filter(backend=backend, model=model, where=where, exclude=exclude)
+        request = search_request(
+            None,
+            k,
+            metric,
+            rows,
+            exact,
+            ef_search,
+            probes,
+            max_distance,
+            by_id=task_id,
+            with_metadata=with_metadata,
+        )
         with self._errors:
             return self._impl.search(request, conn)
 
@@ -189,6 +453,9 @@ class VectorStorage:
         *,
         metric: Metric = "cosine",
         backend: str | None = None,
+        model: str | None = None,
+        where: Where | None = None,
+        exclude: Iterable[str] | None = None,
         exact: bool = False,
         ef_search: int | None = None,
         probes: int | None = None,
@@ -199,7 +466,8 @@ class VectorStorage:
         Use it to check that a search uses the index you built (look for its name).
         On SQLite it describes the exact numpy scan.
         """
-        request = search_request(query, k, metric, backend, exact, ef_search, probes)
+        rows = row_filter(backend=backend, model=model, where=where, exclude=exclude)
+        request = search_request(query, k, metric, rows, exact, ef_search, probes)
         with self._errors:
             return self._impl.explain(request, conn)
 
@@ -258,3 +526,13 @@ class VectorStorage:
         """
         with self._errors:
             self._impl.create_table(conn)
+
+
+def _id_list(ids: object, method: str) -> list[str]:
+    """`ids` as a checked list without repeats, or InvalidArgumentError."""
+    if isinstance(ids, str | bytes) or not isinstance(ids, Iterable):
+        raise InvalidArgumentError(
+            f"{method}() takes a collection of ids, not {type(ids).__name__}",
+            fix="pass a list of qualified task ids",
+        )
+    return list(dict.fromkeys(checked_ids(list(ids))))

@@ -12,7 +12,15 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from helpers import AppMigrations, builtin_files, index_exists, ledger, table_exists
+from helpers import (
+    AppMigrations,
+    builtin_files,
+    index_exists,
+    ledger,
+    pool_of,
+    settle,
+    table_exists,
+)
 from psycopg_pool import ConnectionPool
 
 from shareddb import (
@@ -773,6 +781,7 @@ def test_initialize_with_pending_work_runs_ddl(pg_url: str, app: AppMigrations) 
     app.write("0001_t.sql", "CREATE TABLE t (id integer);\n")
     with app.service(pg_url) as db:
         db.initialize()
+        settle(pool_of(db))  # the pool's refill after creating pgvector is not the runner's
         logins = install_login_log(pg_url)
         install_ddl_log(pg_url)
         app.write("0002_u.sql", "CREATE TABLE u (id integer);\n")

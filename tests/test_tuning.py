@@ -2,7 +2,8 @@
 
 The exact neighbours come from numpy brute force over the same matrix (or from the
 dataset's own ground-truth file), never from ``search(exact=True)``, which is what
-tune() itself uses.
+tune() itself uses. A stored vector used as a query never counts as its own neighbour:
+tune() excludes its row from both answers, and so do the checks here.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import pytest
 from helpers import DATA_DIR, fresh_database, run_cli
 
 from shareddb import DbService, InvalidArgumentError, InvalidEmbeddingError, ShareddbError
-from shareddb.tuning import TuneResult, tune
+from shareddb.tuning import TuneResult, check_queries, tune
 from shareddb.vectors import VectorStorage
 
 pytestmark = pytest.mark.postgres
@@ -98,16 +99,36 @@ def _numpy_exact(base: np.ndarray, query: np.ndarray, metric: str, k: int, skip:
 
 
 def _independent_recall(loaded: Loaded, result: TuneResult, value: int) -> float:
-    """recall@k of the index at `value` on tune's own sample, against numpy's exact answer."""
+    """recall@k of the index at `value` on tune's own sample, against numpy's exact answer.
+
+    Each query's own row is left out of both: numpy skips it, the search excludes it.
+    """
     scores = []
     for task_id in result.sample_ids:
         row = _row(task_id)
         query = loaded.base[row]
         exact = _numpy_exact(loaded.base, query, loaded.metric, result.k, skip=row)
         options: dict[str, Any] = {result.parameter: value}
-        hits = loaded.storage.search(query, result.k + 1, metric=loaded.metric, **options)  # type: ignore[arg-type]
-        found = [_row(h.qualified_task_id) for h in hits if h.qualified_task_id != task_id]
-        scores.append(len(set(found[: result.k]) & exact) / result.k)
+        hits = loaded.storage.search(
+            query,
+            result.k,
+            metric=loaded.metric,  # type: ignore[arg-type]
+            exclude=[task_id],
+            **options,
+        )
+        found = {_row(h.qualified_task_id) for h in hits}
+        assert row not in found and len(found) == result.k
+        scores.append(len(found & exact) / result.k)
+    return float(np.mean(scores))
+
+
+def _dataset_recall(storage: VectorStorage, queries: np.ndarray, value: int, k: int = 10) -> float:
+    """recall@k at ef_search=`value` on MiniLM's real queries, against its ground-truth file."""
+    truth = np.load(MINILM / "groundtruth.npy")[: len(queries), :k]
+    scores = []
+    for query, expected in zip(queries, truth, strict=True):
+        found = {_row(h.qualified_task_id) for h in storage.search(query, k, ef_search=value)}
+        scores.append(len(found & set(expected.tolist())) / k)
     return float(np.mean(scores))
 
 
@@ -128,6 +149,8 @@ def test_tune_hnsw_on_minilm_picks_the_smallest_ef_search_whose_recall_numpy_con
     assert result.index == "task_embeddings_hnsw_cosine_384_idx"
     assert result.sample == len(result.sample_ids) == 100
     assert len(set(result.sample_ids)) == 100
+    assert result.queries == "stored"
+    assert result.rows[0].value == 10  # ef_search = k: no extra row asked for the query itself
     _assert_smallest_meeting_target(result)
     for row in result.rows:
         assert row.recall == pytest.approx(
@@ -156,24 +179,68 @@ def test_tune_sample_is_fixed_by_the_seed(minilm: Loaded) -> None:
     assert one.rows[0].recall == again.rows[0].recall
 
 
-def test_tune_on_real_queries_matches_the_datasets_ground_truth(minilm: Loaded) -> None:
-    queries = np.load(MINILM / "queries.npy")[:100]
-    truth = np.load(MINILM / "groundtruth.npy")[:100, :10]
+class SpyStorage(VectorStorage):
+    """A VectorStorage that records every search tune() makes."""
 
-    result = tune(minilm.storage, 384, metric="cosine", queries=queries, target_recall=0.95)
+    def __init__(self, db: DbService) -> None:
+        super().__init__(db)
+        self.calls: list[tuple[int, tuple[str, ...], list[str]]] = []
 
-    assert result.sample == 100 and result.sample_ids == ()
+    def search(self, query: object, k: int = 10, **kwargs: Any) -> Any:  # type: ignore[override]
+        hits = super().search(query, k, **kwargs)
+        exclude = tuple(kwargs.get("exclude") or ())
+        self.calls.append((k, exclude, [h.qualified_task_id for h in hits]))
+        return hits
+
+
+def test_tune_never_counts_a_stored_vector_as_its_own_neighbour(minilm: Loaded) -> None:
+    spy = SpyStorage(minilm.db)
+    result = tune(spy, 384, metric="cosine", values=[10, 40], target_recall=1.0, sample=30)
+
+    own = set(result.sample_ids)
+    assert len(spy.calls) == 30 * (2 + len(result.rows))  # exact, warm-up, each setting
+    for k, exclude, hits in spy.calls:
+        # Asked for k rows with the query's own row excluded, exact and approximate alike.
+        assert k == 10 and len(exclude) == 1 and exclude[0] in own
+        assert exclude[0] not in hits and len(hits) == 10
+
+
+@pytest.mark.parametrize("target", [0.95, 0.99])
+def test_tune_on_real_queries_uses_all_of_them_and_reaches_the_target_on_them(
+    minilm: Loaded, target: float
+) -> None:
+    queries = np.load(MINILM / "queries.npy")
+    assert len(queries) == 200
+
+    result = tune(minilm.storage, 384, metric="cosine", queries=queries, target_recall=target)
+
+    assert result.sample == 200 and result.sample_ids == () and result.queries == "given"
+    assert "all 200 given queries" in result.table()
     _assert_smallest_meeting_target(result)
     for row in result.rows:
-        found = [
-            {_row(h.qualified_task_id) for h in minilm.storage.search(q, 10, ef_search=row.value)}
-            for q in queries
-        ]
-        expected = np.mean(
-            [len(f & set(t.tolist())) / 10 for f, t in zip(found, truth, strict=True)]
+        assert row.recall == pytest.approx(
+            _dataset_recall(minilm.storage, queries, row.value), abs=1e-9
         )
-        # tune asks for k + 1 rows and keeps the first k: the same top k.
-        assert row.recall == pytest.approx(expected, abs=0.005)
+    assert result.value is not None
+    # The point of passing them: the setting tune picks reaches the target on them.
+    assert _dataset_recall(minilm.storage, queries, result.value) >= target
+
+
+def test_tune_on_stored_vectors_says_real_queries_score_lower(minilm: Loaded) -> None:
+    stored = tune(minilm.storage, 384, metric="cosine", target_recall=0.95)
+    text = stored.table()
+    assert "100 stored vectors as queries, each one's own row excluded" in text
+    assert "--queries FILE.npy" in text
+    # What the text warns about: on the real queries the same setting scores lower.
+    queries = np.load(MINILM / "queries.npy")
+    assert stored.chosen is not None
+    assert _dataset_recall(minilm.storage, queries, stored.chosen.value) < stored.chosen.recall
+
+
+def test_tune_takes_sample_or_queries_not_both(minilm: Loaded) -> None:
+    queries = np.load(MINILM / "queries.npy")
+    with pytest.raises(InvalidArgumentError, match="sample=50 picks stored vectors"):
+        tune(minilm.storage, 384, metric="cosine", queries=queries, sample=50)
 
 
 def test_tune_ivfflat_on_sift_picks_probes_that_numpy_confirms(sift: Loaded) -> None:
@@ -247,10 +314,33 @@ def test_tune_rejects_bad_arguments_with_a_config_error(
 
 
 def test_tune_rejects_queries_of_the_wrong_shape(minilm: Loaded) -> None:
-    with pytest.raises(InvalidEmbeddingError, match="dimension 384"):
+    with pytest.raises(InvalidEmbeddingError, match=r"dimension 128 .* dimension 384"):
         tune(minilm.storage, 384, metric="cosine", queries=np.ones((3, 128)))
     with pytest.raises(InvalidEmbeddingError, match="finite"):
         tune(minilm.storage, 384, metric="cosine", queries=np.full((3, 384), np.nan))
+
+
+@pytest.mark.parametrize(
+    ("queries", "message"),
+    [
+        (np.ones(384), r"shape \(384,\); tune needs a 2-D array"),
+        (np.ones((0, 384)), r"shape \(0, 384\)"),
+        (np.ones((2, 3, 384)), r"shape \(2, 3, 384\)"),
+        (np.full((2, 384), "0.5"), "dtype <U3, not numbers"),
+        (np.ones((2, 384), dtype=bool), "dtype bool, not numbers"),
+        (np.ones((2, 384), dtype=complex), "dtype complex128, not numbers"),
+        (np.full((2, 384), 1e39), "too large for float32"),
+        ([[1.0] * 384, [1.0] * 383], "2-D array of numbers"),
+    ],
+)
+def test_check_queries_names_what_is_wrong(queries: Any, message: str) -> None:
+    with pytest.raises(InvalidEmbeddingError, match=message):
+        check_queries(queries, 384)
+
+
+def test_check_queries_takes_any_real_matrix_as_float32() -> None:
+    checked = check_queries(np.arange(6, dtype=np.int64).reshape(2, 3), 3)
+    assert checked.dtype == np.float32 and checked.shape == (2, 3)
 
 
 def test_tune_on_sqlite_explains_that_search_is_exact(sqlite_url: str) -> None:
@@ -316,6 +406,53 @@ def test_tune_command_prints_the_setting_numpy_confirms(minilm: Loaded) -> None:
     chosen = next(row for row in report["rows"] if row["value"] == value)
     assert chosen["recall"] >= 0.95
     assert _independent_recall(minilm, TuneResult(**{**report, "rows": ()}), value) >= 0.9
+
+
+def test_tune_command_with_queries_uses_every_one_of_them(minilm: Loaded) -> None:
+    queries_file = MINILM / "queries.npy"
+    queries = np.load(queries_file)
+    result = _run_tune(
+        minilm.url, "--queries", str(queries_file), "--target-recall", "0.99", "--json"
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert (report["queries"], report["sample"], report["sample_ids"]) == ("given", 200, [])
+    chosen = next(row for row in report["rows"] if row["value"] == report["value"])
+    assert chosen["recall"] >= 0.99
+    assert _dataset_recall(minilm.storage, queries, report["value"]) == pytest.approx(
+        chosen["recall"], abs=1e-9
+    )
+
+    text = _run_tune(minilm.url, "--queries", str(queries_file), "--target-recall", "0.99")
+    assert text.returncode == 0, text.stderr
+    assert "measured on all 200 given queries" in text.stdout
+    assert f"use ef_search={report['value']}" in text.stdout
+
+
+def test_tune_command_refuses_a_bad_queries_file(minilm: Loaded, tmp_path: Path) -> None:
+    def saved(name: str, array: Any) -> str:
+        path = tmp_path / name
+        np.save(path, array, allow_pickle=True)
+        return str(path)
+
+    cases = [
+        (str(tmp_path / "missing.npy"), "missing.npy does not exist"),
+        (str(tmp_path), "is a folder"),
+        (saved("objects.npy", np.array([{"a": 1}], dtype=object)), "not a numpy .npy array"),
+        (saved("text.npy", np.full((2, 384), "x")), "dtype <U1, not numbers"),
+        (saved("flat.npy", np.ones(384, dtype=np.float32)), "shape (384,)"),
+        (saved("small.npy", np.ones((5, 128), dtype=np.float32)), "dimension 128"),
+    ]
+    (tmp_path / "garbage.npy").write_bytes(b"not numpy at all")
+    cases.append((str(tmp_path / "garbage.npy"), "not a numpy .npy array"))
+    for path, message in cases:
+        result = _run_tune(minilm.url, "--queries", path)
+        assert result.returncode == 2, (path, result.stdout, result.stderr)
+        assert message in result.stderr, (path, result.stderr)
+        assert "Traceback" not in result.stderr
+    both = _run_tune(minilm.url, "--queries", str(MINILM / "queries.npy"), "--sample", "5")
+    assert both.returncode == 2
+    assert "with --queries every query is used" in both.stderr
 
 
 def test_tune_command_exits_1_when_no_index_serves_the_metric(minilm: Loaded) -> None:

@@ -641,7 +641,7 @@ def test_create_table_gives_a_custom_table_the_same_behaviour(db: DbService) -> 
 def sqlite_ddl(text: str) -> str:
     """DDL text with layout, quotes and IF NOT EXISTS taken out, for comparisons."""
     text = " ".join(text.replace("IF NOT EXISTS ", "").replace('"', "").split())
-    return text.replace("( ", "(").replace(" )", ")")
+    return text.replace("( ", "(").replace(" )", ")").replace(" ,", ",")
 
 
 def table_shape(db: DbService, table: str) -> list[tuple[Any, ...]]:

@@ -401,9 +401,13 @@ def test_search_and_single_writes_take_one_round_trip(pg_url: str) -> None:
     with DbService(pg_url, max_size=1) as db:
         db.initialize()
         vectors = VectorStorage(db)
-        vectors.upsert_many([(f"md#{i}", [float(i), 1.0]) for i in range(50)])
+        vectors.upsert_many(
+            ([f"md#{i}" for i in range(50)], np.array([[float(i), 1.0] for i in range(50)])),
+            metadata=[{"n": i} for i in range(50)],
+        )
         vectors.create_index(2, metric="l2")
         vectors.search([1.0, 1.0], 5, backend="md")  # looks up pgvector's version once
+        vectors.search_by_id("md#1", metric="l2")  # learns the table's dimensions once
         with db.connection() as held:  # the same connection the next calls get
             pass
         calls = {
@@ -414,6 +418,12 @@ def test_search_and_single_writes_take_one_round_trip(pg_url: str) -> None:
             "upsert": lambda: vectors.upsert("md#new", [2.0, 3.0]),
             "get": lambda: vectors.get("md#3"),
             "delete": lambda: vectors.delete("md#new"),
+            "search_by_id": lambda: vectors.search_by_id("md#3", 5, metric="l2", ef_search=40),
+            "filtered search with metadata": lambda: vectors.search(
+                [1.0, 1.0], 5, metric="l2", where={"n": {"$gte": 0}}, with_metadata=True
+            ),
+            "get_record": lambda: vectors.get_record("md#3"),
+            "stale, 100k ids": lambda: vectors.stale({f"md#{i}": "h" for i in range(100_000)}),
         }
         for what, call in calls.items():
             assert count_round_trips(held, call) == 1, what

@@ -1,8 +1,8 @@
 """What each engine implements for `VectorStorage`: the vector domain's SQL and I/O.
 
 `VectorStorage` checks every argument once (`shareddb._vectors.request`,
-`shareddb._vectors.validation`) and hands the engine's `VectorOps` values it can
-trust; `conn` None means "a connection of our own".
+`shareddb._vectors.validation`, `shareddb._vectors.batches`) and hands the engine's
+`VectorOps` values it can trust; `conn` None means "a connection of our own".
 """
 
 from __future__ import annotations
@@ -12,25 +12,48 @@ from typing import Protocol
 
 from shareddb._core.types import Connection
 from shareddb._vectors.batches import Batch
-from shareddb._vectors.request import IndexRequest, SearchRequest
-from shareddb._vectors.results import IndexInfo, SearchResult
+from shareddb._vectors.request import IndexRequest, RowFilter, SearchRequest
+from shareddb._vectors.results import EmbeddingRecord, IndexInfo, SearchHit, SearchResult
 from shareddb._vectors.validation import Float32Array
 
 
 class VectorOps(Protocol):
     def upsert(
-        self, task_id: str, backend: str, embedding: Float32Array, conn: Connection | None
-    ) -> None: ...
+        self,
+        task_id: str,
+        default_backend: str,
+        embedding: Float32Array,
+        fields: dict[str, str | None],
+        conn: Connection | None,
+    ) -> None:
+        """`fields`: backend, metadata (JSON text), content_hash, model; None keeps."""
+        ...
 
     def upsert_many(self, batches: Iterator[Batch], conn: Connection | None) -> int: ...
 
-    def get(self, task_id: str, conn: Connection | None) -> Float32Array | None: ...
-
     def delete(self, task_id: str, conn: Connection | None) -> bool: ...
 
-    def count(self, dimension: int | None, conn: Connection | None) -> int: ...
+    def delete_many(self, ids: list[str], conn: Connection | None) -> int: ...
 
-    def search(self, request: SearchRequest, conn: Connection | None) -> list[SearchResult]: ...
+    def get(self, task_id: str, conn: Connection | None) -> Float32Array | None: ...
+
+    def get_record(self, task_id: str, conn: Connection | None) -> EmbeddingRecord | None: ...
+
+    def get_many(self, ids: list[str], conn: Connection | None) -> dict[str, Float32Array]: ...
+
+    def exists(self, task_id: str, conn: Connection | None) -> bool: ...
+
+    def ids(self, rows: RowFilter, conn: Connection | None) -> Iterator[str]: ...
+
+    def count(self, rows: RowFilter, conn: Connection | None) -> int: ...
+
+    def stale(
+        self, hashes: list[tuple[str, str]], model: str | None, conn: Connection | None
+    ) -> list[str]: ...
+
+    def search(
+        self, request: SearchRequest, conn: Connection | None
+    ) -> list[SearchResult] | list[SearchHit]: ...
 
     def explain(self, request: SearchRequest, conn: Connection | None) -> str: ...
 

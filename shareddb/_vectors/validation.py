@@ -294,3 +294,14 @@ def query_dimension_mismatch(
         f"{', '.join(map(str, stored))} dimensions only",
         fix="embed the query with the same model as the stored vectors",
     )
+
+
+def check_label(name: str, value: object) -> str:
+    """A short stored label (`model`, `content_hash`): non-empty text, no NUL, indexable size."""
+    if not isinstance(value, str) or not value:
+        raise InvalidArgumentError(
+            f"{name}={value!r} must be a non-empty str",
+            fix=f"pass text, or None to keep the stored {name}",
+        )
+    check_stored_text(name, value, InvalidArgumentError)
+    return value

@@ -1,9 +1,10 @@
 """The ``shareddb`` command: create the database, show its state, diagnose, copy rows.
 
-Every command takes ``--url`` / ``--config`` (default: the configuration that
-`load_config()` finds). Exit status: 0 ok, 1 a problem found, 2 bad usage. Each
-command is a module of its own: its ``HELP``, its own options (``add_arguments``)
-and ``run(args)``; this one builds the parser from them and runs the chosen command.
+Every command but ``copy`` (which takes ``--from`` / ``--to``) takes ``--url`` /
+``--config`` (default: the configuration that `load_config()` finds). Exit status: 0
+ok, 1 a problem found, 2 bad usage. Each command is a module of its own: its ``HELP``,
+its own options (``add_arguments``) and ``run(args)``; this one builds the parser from
+them and runs the chosen command.
 """
 
 from __future__ import annotations
@@ -25,11 +26,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="The shared database of an application: SQLite or PostgreSQL + pgvector.",
         epilog="exit status: 0 ok, 1 a problem found, 2 bad usage",
     )
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--url", help="database URL (overrides the configuration)")
-    common.add_argument(
+    # Every command takes --timeout and -v; those that work on one database (all but
+    # copy, which names two with --from / --to) take --url / --config as well.
+    target = argparse.ArgumentParser(add_help=False)
+    target.add_argument("--url", help="database URL (overrides the configuration)")
+    target.add_argument(
         "--config", help="configuration file [default: $SHAREDDB_CONFIG or the user config dir]"
     )
+    common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--timeout",
         type=float,
@@ -55,13 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(handler=module.run)
         return sub
 
-    command("init", init, common, as_json, schema)
-    command("status", status, common, as_json, schema)
-    command("doctor", doctor, common, as_json, schema)
-    config.add_arguments(command("config", config, common, as_json))
-    pg.add_arguments(command("pg", pg, common))
+    command("init", init, target, common, as_json, schema)
+    command("status", status, target, common, as_json, schema)
+    command("doctor", doctor, target, common, as_json, schema)
+    config.add_arguments(command("config", config, target, common, as_json))
+    pg.add_arguments(command("pg", pg, target, common))
     copy.add_arguments(command("copy", copy, common, as_json))
-    tune.add_arguments(command("tune", tune, common, as_json))
+    tune.add_arguments(command("tune", tune, target, common, as_json))
     return parser
 
 

@@ -4,11 +4,36 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
 
-from shareddb.cli.common import EXIT_OK, UsageError, checked_url, duration, emit_json
+from shareddb.cli.common import EXIT_OK, UsageError, checked_url, duration, emit_json, plural
+
+if TYPE_CHECKING:
+    from shareddb._admin.copy import CopyReport, CopyResult
 
 HELP = "copy sessions and embeddings between two databases (idempotent)"
+
+
+class _Refused(argparse.Action):
+    """An option other commands take that copy must not silently ignore (``--url``)."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        what = (
+            "takes two databases, not --url"
+            if self.dest == "url"
+            else "reads no configuration file"
+        )
+        raise argparse.ArgumentError(
+            self, f"copy {what}: give --from URL (the source) and --to URL (the destination)"
+        )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,6 +44,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     tables = ["sessions", "task_embeddings"]  # copy.TABLES, imported only when it runs
     parser.add_argument("--only", choices=tables, help="copy one table only")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace destination rows even when their updated_at is newer than the source's "
+        "[default: keep them]",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="read both databases and report what a copy would do; write nothing, "
+        "initialize nothing",
+    )
+    # Refused, not ignored: the other commands' --url / --config name the one database.
+    for option in ("--url", "--config"):
+        parser.add_argument(option, action=_Refused, help=argparse.SUPPRESS)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -27,12 +67,14 @@ def run(args: argparse.Namespace) -> int:
     source, dest = checked_url(args.source, "--from"), checked_url(args.dest, "--to")
     if not 1 <= args.batch_size <= copy.MAX_BATCH:
         raise UsageError(f"--batch-size {args.batch_size} must be from 1 to {copy.MAX_BATCH:,}")
-    results = copy.copy_rows(
+    report = copy.copy_rows(
         args.source,
         args.dest,
         tables=[args.only] if args.only else list(copy.TABLES),
         batch_size=args.batch_size,
         timeout=args.timeout,
+        overwrite=args.overwrite,
+        dry_run=args.dry_run,
         progress=None if args.json else sys.stderr,
     )
     if args.json:
@@ -40,14 +82,54 @@ def run(args: argparse.Namespace) -> int:
             {
                 "from": source.masked,
                 "to": dest.masked,
-                "tables": [{**asdict(r), "written": r.written} for r in results],
+                "dry_run": report.dry_run,
+                "overwrite": report.overwrite,
+                "destination": {
+                    "exists": report.exists,
+                    "initialized": report.initialized,
+                    "migrations": report.migrations,
+                },
+                "tables": [{**asdict(r), "written": r.written} for r in report.tables],
             }
         )
         return EXIT_OK
-    for r in results:
-        print(
-            f"{r.table}: {r.read:,} read, {r.written:,} written "
-            f"({r.inserted:,} new, {r.updated:,} updated), {r.unchanged:,} unchanged "
-            f"in {duration(r.elapsed_ms)}"
-        )
+    _print_report(report, dest.masked)
     return EXIT_OK
+
+
+def _print_report(report: CopyReport, dest: str) -> None:
+    if report.dry_run:
+        print(f"dry run: nothing was written to {dest}")
+    if report.migrations:
+        names = ", ".join(report.migrations)
+        if not report.dry_run:
+            print(f"destination: applied {plural(len(report.migrations), 'migration')} ({names})")
+        elif not report.exists:
+            print(
+                f"destination: does not exist yet; a copy would create it and apply "
+                f"{plural(len(report.migrations), 'migration')} ({names})"
+            )
+        else:
+            print(
+                f"destination: {plural(len(report.migrations), 'pending migration')}, which a "
+                f"copy would apply first ({names}); rows compared as they would read after them"
+            )
+    for r in report.tables:
+        print(_table_line(r, report.dry_run))
+    kept = sum(r.kept for r in report.tables)
+    if kept:
+        print(
+            f"{plural(kept, 'row')} kept: the destination's updated_at is newer than the "
+            "source's; --overwrite replaces them with the source's"
+        )
+
+
+def _table_line(r: CopyResult, dry_run: bool) -> str:
+    written = f"would write {r.written:,}" if dry_run else f"{r.written:,} written"
+    line = (
+        f"{r.table}: {r.read:,} read, {written} ({r.inserted:,} new, {r.updated:,} updated), "
+        f"{r.unchanged:,} unchanged"
+    )
+    if r.kept:
+        line += f", {r.kept:,} kept, newer in destination"
+    return line if dry_run else f"{line} in {duration(r.elapsed_ms)}"

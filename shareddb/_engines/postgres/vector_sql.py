@@ -7,8 +7,8 @@ values are parameters; the search statement applies its own settings (see
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Final, LiteralString
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Final, LiteralString
 
 from psycopg import sql
 
@@ -31,22 +31,54 @@ DEFAULT_IVFFLAT_LISTS: Final = 100
 
 STAGING: Final = sql.Identifier("shareddb_vector_staging")
 
+# A record field given as None keeps the stored value (and takes the default on insert).
 UPSERT: Final = sql.SQL(
-    "INSERT INTO {table} AS t (qualified_task_id, backend, dimension, embedding) "
-    "VALUES (%s, %s, %s, %s) "
-    "ON CONFLICT (qualified_task_id) DO UPDATE SET backend = EXCLUDED.backend, "
-    "embedding = EXCLUDED.embedding, updated_at = clock_timestamp() "
+    "INSERT INTO {table} AS t (qualified_task_id, backend, dimension, embedding, metadata, "
+    "content_hash, model) VALUES (%(id)s, COALESCE(%(backend)s, %(default_backend)s), "
+    "%(dimension)s, %(embedding)s, COALESCE(%(metadata)s::jsonb, '{{}}'::jsonb), "
+    "%(content_hash)s, %(model)s) "
+    "ON CONFLICT (qualified_task_id) DO UPDATE SET "
+    "backend = COALESCE(%(backend)s, t.backend), embedding = EXCLUDED.embedding, "
+    "metadata = COALESCE(%(metadata)s::jsonb, t.metadata), "
+    "content_hash = COALESCE(%(content_hash)s, t.content_hash), "
+    "model = COALESCE(%(model)s, t.model), updated_at = clock_timestamp() "
     "WHERE t.dimension = EXCLUDED.dimension RETURNING 1"
 )
 CREATE_STAGING: Final = sql.SQL(
-    "CREATE TEMPORARY TABLE {staging} (qualified_task_id text NOT NULL, backend text NOT NULL, "
-    "dimension integer NOT NULL, embedding vector NOT NULL) ON COMMIT DROP"
+    "CREATE TEMPORARY TABLE {staging} (qualified_task_id text NOT NULL, "
+    "default_backend text NOT NULL, dimension integer NOT NULL, embedding vector NOT NULL, "
+    "backend text, metadata jsonb, content_hash text, model text) ON COMMIT DROP"
 )
 PROBE: Final = sql.SQL(
     "SELECT EXISTS (SELECT 1 FROM {table} WHERE qualified_task_id = ANY(%s::text[]))"
 )
 PROBE_IDS: Final = 64
 GET: Final = sql.SQL("SELECT embedding FROM {table} WHERE qualified_task_id = %s")
+RECORD_COLUMNS: Final = (
+    "qualified_task_id, backend, dimension, embedding, metadata, content_hash, model, "
+    "created_at, updated_at"
+)
+GET_RECORD: Final = sql.SQL(
+    "SELECT " + RECORD_COLUMNS + " FROM {table} WHERE qualified_task_id = %s"
+)
+GET_MANY: Final = sql.SQL(
+    "SELECT qualified_task_id, embedding FROM {table} WHERE qualified_task_id = ANY(%s::text[])"
+)
+EXISTS: Final = sql.SQL("SELECT EXISTS (SELECT 1 FROM {table} WHERE qualified_task_id = %s)")
+DELETE_MANY: Final = sql.SQL("DELETE FROM {table} WHERE qualified_task_id = ANY(%s::text[])")
+# Ids in code-point order (as SQLite sorts them), read through a server-side cursor.
+IDS: Final = sql.SQL(
+    'SELECT qualified_task_id FROM {table} WHERE {where} ORDER BY qualified_task_id COLLATE "C"'
+)
+COUNT_WHERE: Final = sql.SQL("SELECT count(*) FROM {table} WHERE {where}")
+# Of the given (id, hash) pairs, in their order: those missing, or stored with another hash
+# (or, with a model, made by another model).
+STALE: Final = sql.SQL(
+    "SELECT g.id FROM unnest(%s::text[], %s::text[]) WITH ORDINALITY AS g(id, hash, n) "
+    "LEFT JOIN {table} AS t ON t.qualified_task_id = g.id "
+    "WHERE t.qualified_task_id IS NULL OR t.content_hash IS DISTINCT FROM g.hash "
+    "OR (%s::text IS NOT NULL AND t.model IS DISTINCT FROM %s::text) ORDER BY g.n"
+)
 DIMENSION_OF: Final = sql.SQL("SELECT dimension FROM {table} WHERE qualified_task_id = %s")
 DELETE: Final = sql.SQL("DELETE FROM {table} WHERE qualified_task_id = %s")
 COUNT: Final = sql.SQL("SELECT count(*) FROM {table}")
@@ -80,13 +112,20 @@ CREATE_TABLE: Final = sql.SQL(
     "embedding vector NOT NULL, "
     "created_at timestamptz NOT NULL DEFAULT now(), "
     "updated_at timestamptz NOT NULL DEFAULT now(), "
+    "metadata jsonb NOT NULL DEFAULT '{{}}'::jsonb, "
+    "content_hash text, "
+    "model text, "
     "CONSTRAINT {key} UNIQUE (qualified_task_id), "
     "CONSTRAINT {id_check} CHECK (qualified_task_id <> ''), "
     "CONSTRAINT {dimension_check} CHECK (dimension BETWEEN 1 AND 16000), "
-    "CONSTRAINT {embedding_check} CHECK (vector_dims(embedding) = dimension))"
+    "CONSTRAINT {embedding_check} CHECK (vector_dims(embedding) = dimension), "
+    "CONSTRAINT {metadata_check} CHECK (jsonb_typeof(metadata) = 'object'))"
 )
 CREATE_DIMENSION_INDEX: Final = sql.SQL(
     "CREATE INDEX IF NOT EXISTS {index} ON {table} (dimension, backend)"
+)
+CREATE_METADATA_INDEX: Final = sql.SQL(
+    "CREATE INDEX IF NOT EXISTS {index} ON {table} USING gin (metadata jsonb_path_ops)"
 )
 # Ids of one dimension in an order fixed by a seed (tuning's sample of stored queries).
 SAMPLE_IDS: Final = sql.SQL(
@@ -95,20 +134,25 @@ SAMPLE_IDS: Final = sql.SQL(
 )
 
 
-COPY_INTO_TABLE: Final = sql.SQL(
-    "COPY {table} (qualified_task_id, backend, dimension, embedding) FROM STDIN (FORMAT BINARY)"
-)
-COPY_INTO_STAGING_BYTES: Final = (
-    b"COPY pg_temp.shareddb_vector_staging (qualified_task_id, backend, dimension, embedding) "
-    b"FROM STDIN (FORMAT BINARY)"
-)
-UPSERT_FROM_STAGING_T: Final = sql.SQL(
-    "INSERT INTO {table} AS t (qualified_task_id, backend, dimension, embedding) "
-    "SELECT qualified_task_id, backend, dimension, embedding "
-    "FROM pg_temp.shareddb_vector_staging "
-    "ON CONFLICT (qualified_task_id) DO UPDATE SET backend = EXCLUDED.backend, "
-    "embedding = EXCLUDED.embedding, updated_at = clock_timestamp() "
-    "WHERE t.dimension = EXCLUDED.dimension"
+COPY_INTO: Final = sql.SQL("COPY {table} ({columns}) FROM STDIN (FORMAT BINARY)")
+# Where a batch's rows go: new rows straight into the table, others through the staging
+# table (its `default_backend` is the label a new row gets when none is given).
+TABLE_COLUMNS: Final = ("qualified_task_id", "backend", "dimension", "embedding")
+STAGING_COLUMNS: Final = ("qualified_task_id", "default_backend", "dimension", "embedding")
+# From the staging table: new ids inserted, existing ones of the same dimension updated;
+# a record field left NULL keeps the stored value. A concurrent writer inserting one of
+# the ids makes MERGE fail with a unique violation: the caller runs it again.
+MERGE_FROM_STAGING: Final = sql.SQL(
+    "MERGE INTO {table} AS t USING pg_temp.shareddb_vector_staging AS s "
+    "ON t.qualified_task_id = s.qualified_task_id "
+    "WHEN MATCHED AND t.dimension = s.dimension THEN UPDATE SET "
+    "backend = COALESCE(s.backend, t.backend), embedding = s.embedding, "
+    "metadata = COALESCE(s.metadata, t.metadata), "
+    "content_hash = COALESCE(s.content_hash, t.content_hash), "
+    "model = COALESCE(s.model, t.model), updated_at = clock_timestamp() "
+    "WHEN NOT MATCHED THEN INSERT (qualified_task_id, backend, dimension, embedding, metadata, "
+    "content_hash, model) VALUES (s.qualified_task_id, COALESCE(s.backend, s.default_backend), "
+    "s.dimension, s.embedding, COALESCE(s.metadata, '{{}}'::jsonb), s.content_hash, s.model)"
 )
 STAGING_MISMATCH_T: Final = sql.SQL(
     "SELECT s.qualified_task_id, t.dimension, s.dimension "
@@ -147,15 +191,24 @@ def settings_select(names: Iterable[str]) -> sql.Composed:
     return sql.SQL("SELECT ") + settings_expression(names)
 
 
-def distance_expression(dimension: int, metric: Metric, exact: bool) -> sql.Composed:
+def distance_expression(
+    dimension: int, metric: Metric, exact: bool, query: sql.Composable
+) -> sql.Composed:
     """The ORDER BY expression; approximate searches use the index's own expression."""
     operator = sql.SQL(OPERATORS[metric])
     if exact:
-        return sql.SQL("embedding {op} %s").format(op=operator)
+        return sql.SQL("embedding {op} {q}").format(op=operator, q=query)
     d = sql.Literal(dimension)
     if MAX_VECTOR_INDEX_DIMENSION < dimension <= MAX_HALFVEC_INDEX_DIMENSION:
-        return sql.SQL("(embedding::halfvec({d})) {op} (%s::halfvec({d}))").format(d=d, op=operator)
-    return sql.SQL("(embedding::vector({d})) {op} %s").format(d=d, op=operator)
+        return sql.SQL("(embedding::halfvec({d})) {op} ({q}::halfvec({d}))").format(
+            d=d, op=operator, q=query
+        )
+    return sql.SQL("(embedding::vector({d})) {op} {q}").format(d=d, op=operator, q=query)
+
+
+QUERY_PARAMETER: Final = sql.SQL("%s")
+# search_by_id: the stored vector, read inside the search statement (one round trip).
+QUERY_OF_ID: Final = sql.SQL("(SELECT embedding FROM {table} WHERE qualified_task_id = %s)")
 
 
 def search_statement(
@@ -163,15 +216,20 @@ def search_statement(
     dimension: int,
     metric: Metric,
     k: int,
-    filtered: bool,
     exact: bool,
     settings: tuple[str, ...] = (),
+    *,
+    conditions: Sequence[sql.Composable] = (),
+    by_id: bool = False,
+    with_metadata: bool = False,
 ) -> sql.Composed:
-    """The search SELECT: nearest `k` rows of one dimension, optionally of one backend.
+    """The search SELECT: nearest `k` rows of one dimension that meet `conditions`.
 
-    ``WHERE dimension = d`` matches the partial index's predicate and the distance
-    expression matches its expression, so the planner can scan the index in
-    distance order. Exact searches order ties by id (insertion order), like SQLite.
+    Parameters, in order: the query vector (with `by_id`, the id whose stored vector is
+    the query, twice), then each condition's. ``WHERE dimension = d`` matches the partial
+    index's predicate and the distance expression matches its expression, so the
+    planner can scan the index in distance order. Exact searches order ties by id
+    (insertion order), like SQLite.
 
     With `settings` the statement applies them itself, in one round trip: a one-row
     subquery calls ``set_config(..., is_local => true)`` and the search is a LATERAL
@@ -182,17 +240,21 @@ def search_statement(
     relaxed order, so the k rows are re-sorted exactly (``+ 0`` keeps the planner
     from trusting the subquery's order).
     """
-    where = sql.SQL("dimension = {d}").format(d=sql.Literal(dimension))
-    if filtered:
-        where = where + sql.SQL(" AND backend = %s")
+    query = QUERY_OF_ID.format(table=table) if by_id else QUERY_PARAMETER
+    first: list[sql.Composable] = [sql.SQL("dimension = {d}").format(d=sql.Literal(dimension))]
+    if by_id:  # no rows at all (not rows at a NULL distance) when the id is missing
+        first.append(sql.SQL("{q} IS NOT NULL").format(q=query))
+    where = sql.SQL(" AND ").join([*first, *conditions])
     if settings:
         where = where + sql.SQL(" AND s.applied IS NOT NULL")
     order = sql.SQL("distance, id") if exact else sql.SQL("distance")
+    extra = sql.SQL(", metadata") if with_metadata else sql.SQL("")
     inner = sql.SQL(
-        "SELECT qualified_task_id, {expr} AS distance FROM {table} WHERE {where} "
+        "SELECT qualified_task_id, {expr} AS distance{extra} FROM {table} WHERE {where} "
         "ORDER BY {order} LIMIT {k}"
     ).format(
-        expr=distance_expression(dimension, metric, exact),
+        expr=distance_expression(dimension, metric, exact, query),
+        extra=extra,
         table=table,
         where=where,
         order=order,
@@ -201,7 +263,31 @@ def search_statement(
     if not settings:
         return inner
     resort = sql.SQL(" ORDER BY r.distance + 0") if "iterative" in settings else sql.SQL("")
+    outer_extra = sql.SQL(", r.metadata") if with_metadata else sql.SQL("")
     return sql.SQL(
-        "SELECT r.qualified_task_id, r.distance FROM (SELECT {applied}) AS s(applied), "
+        "SELECT r.qualified_task_id, r.distance{extra} FROM (SELECT {applied}) AS s(applied), "
         "LATERAL ({inner}) AS r{resort}"
-    ).format(applied=settings_expression(settings), inner=inner, resort=resort)
+    ).format(extra=outer_extra, applied=settings_expression(settings), inner=inner, resort=resort)
+
+
+class StatementCache:
+    """One table's statements rendered to bytes once per shape (psycopg then caches its parse).
+
+    Rendering a composed statement costs more client time than a short query's round
+    trip is worth shaving, so every statement a storage runs is rendered once.
+    """
+
+    def __init__(self, table: str) -> None:
+        self.ident = sql.Identifier(table)
+        self._rendered: dict[tuple[Any, ...], bytes] = {}
+
+    def statement(self, key: tuple[Any, ...], build: Callable[[], sql.Composable]) -> bytes:
+        rendered = self._rendered.get(key)
+        if rendered is None:
+            rendered = build().as_string(None).encode()
+            self._rendered[key] = rendered
+        return rendered
+
+    def simple(self, name: str, template: sql.SQL) -> bytes:
+        """`template` with this table in ``{table}``."""
+        return self.statement((name,), lambda: template.format(table=self.ident))

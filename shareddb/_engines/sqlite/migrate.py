@@ -47,9 +47,10 @@ def read_ledger(conn: sqlite3.Connection) -> list[LedgerRow] | None:
         rows = conn.execute(READ_LEDGER).fetchall()
     except sqlite3.OperationalError:
         # One result code covers every failed statement: ask the catalog, not the message.
-        if conn.execute(LEDGER_EXISTS).fetchone() is not None:
-            raise
-        return None
+        if conn.execute(LEDGER_EXISTS).fetchone() is None:
+            return None
+        # Another process created the ledger between the two statements: read it now.
+        rows = conn.execute(READ_LEDGER).fetchall()
     return [
         LedgerRow(ns, version, name, digest, datetime.fromisoformat(at), ms)
         for ns, version, name, digest, at, ms in rows

@@ -26,12 +26,21 @@ class Matrix:
     """One dimension's rows, in id order, with lazily derived arrays (shared by threads)."""
 
     def __init__(
-        self, token: int | None, ids: list[str], backends: list[str], raw: Float32Array
+        self,
+        token: int | None,
+        rowids: np.ndarray[Any, np.dtype[np.int64]],
+        ids: list[str],
+        backends: list[str],
+        raw: Float32Array,
     ) -> None:
         self.token = token
+        self.rowids = rowids  # the table's id of each row, ascending
         self.ids = ids
         self.backends = backends
         self.raw = raw
+        # Rows selected by filters (model, metadata), by the filter's canonical form.
+        self.selections: dict[tuple[Any, ...], np.ndarray[Any, np.dtype[np.intp]]] = {}
+        self._index: dict[str, int] | None = None
         self._lock = threading.Lock()
         self._unit: Float32Array | None = None
         self._zero: np.ndarray[Any, np.dtype[np.bool_]] | None = None
@@ -68,6 +77,17 @@ class Matrix:
                 self._sqnorms = np.einsum("ij,ij->i", self.raw, self.raw)
             return self._sqnorms
 
+    def position_of(self, task_id: str) -> int | None:
+        with self._lock:
+            if self._index is None:
+                self._index = {task_id: position for position, task_id in enumerate(self.ids)}
+            return self._index.get(task_id)
+
+    def of_rowids(self, rowids: list[int]) -> np.ndarray[Any, np.dtype[np.intp]]:
+        """Positions of the rows with these table ids (each one is in the matrix)."""
+        wanted = np.asarray(rowids, dtype=np.int64)
+        return np.searchsorted(self.rowids, wanted).astype(np.intp)
+
     def positions(self, backend: str) -> np.ndarray[Any, np.dtype[np.intp]]:
         with self._lock:
             if self._positions is None:
@@ -79,7 +99,11 @@ class Matrix:
 
 
 def nearest(
-    matrix: Matrix, query: Float32Array, k: int, metric: Metric, backend: str | None
+    matrix: Matrix,
+    query: Float32Array,
+    k: int,
+    metric: Metric,
+    subset: np.ndarray[Any, np.dtype[np.intp]] | None = None,
 ) -> tuple[np.ndarray[Any, np.dtype[np.intp]], np.ndarray[Any, np.dtype[np.float64]]]:
     """Positions of the `k` rows nearest to `query` and their distances, nearest first.
 
@@ -94,11 +118,8 @@ def nearest(
     empty = (np.empty(0, dtype=np.intp), np.empty(0, dtype=np.float64))
     if n == 0:
         return empty
-    subset: np.ndarray[Any, np.dtype[np.intp]] | None = None
-    if backend is not None:
-        subset = matrix.positions(backend)
-        if subset.size == 0:
-            return empty
+    if subset is not None and subset.size == 0:
+        return empty
     raw = matrix.raw
     peak = max(matrix.peak(), float(np.abs(query).max()))
     if peak * peak * query.shape[0] > _FLOAT32_SAFE:

@@ -1,17 +1,13 @@
-"""VectorStorage on SQLite: float32 blobs, exact search with numpy over cached matrices.
+"""VectorStorage on SQLite: float32 blobs and JSON-text records in one table.
 
-Each dimension's rows are loaded once into a read-only float32 matrix (plus, on
-first use, a row-normalised copy for cosine and squared norms for l2) and reused
-while the table is unchanged. Change detection is a random token that triggers on
-the table replace on every insert, update and delete (see the migration): it sees
-this connection's own writes, which ``PRAGMA data_version`` does not, and other
-processes' commits, and unlike a counter it never comes back to an old value when
-a transaction rolls back, so a matrix loaded from uncommitted rows is never
-mistaken for the committed table.
+Writes run in ``BEGIN IMMEDIATE`` (the engine's transaction, or a savepoint in the
+caller's); reads in a deferred transaction that sees one WAL snapshot. Searches:
+`shareddb._engines.sqlite.vector_search`.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import sqlite3
@@ -20,14 +16,24 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
 from shareddb._core.types import Connection
-from shareddb._engines.sqlite.ranking import Matrix, nearest
+from shareddb._engines.sqlite.vector_search import (
+    VERSIONS_TABLE,
+    SqliteSearch,
+    quote_identifier,
+    row_conditions,
+)
 from shareddb._vectors.batches import Batch
-from shareddb._vectors.codec import blob_rows, blobs_matrix, from_blob, to_blob
-from shareddb._vectors.request import IndexRequest, SearchRequest
-from shareddb._vectors.results import IndexInfo, SearchResult
+from shareddb._vectors.codec import blob_rows, from_blob, to_blob
+from shareddb._vectors.request import IndexRequest, RowFilter, SearchRequest
+from shareddb._vectors.results import (
+    EmbeddingRecord,
+    IndexInfo,
+    SearchHit,
+    SearchResult,
+    record_from_row,
+)
 from shareddb._vectors.validation import (
     Float32Array,
-    query_dimension_mismatch,
     stored_dimension_mismatch,
     vector_index_name,
 )
@@ -38,13 +44,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("shareddb.vectors")
 
-VERSIONS_TABLE: Final = "shareddb_vector_versions"
-_ID_CHUNK: Final = 500
-
-
-def quote_identifier(name: str) -> str:
-    """``"name"`` with embedded quotes doubled: the one way identifiers reach SQLite SQL."""
-    return '"' + name.replace('"', '""') + '"'
+IDS_PER_PAGE: Final = 10_000  # ids() reads this many per short read transaction
 
 
 def _now() -> str:
@@ -57,43 +57,64 @@ class SqliteVectors:
     def __init__(self, engine: SqliteEngine, table: str) -> None:
         self._engine = engine
         self._table = table
+        self._search = SqliteSearch(engine, table)
         t = quote_identifier(table)
+        self._t = t
+        # ?1 id, ?2 given label (None keeps), ?3 default label, ?4 dimension, ?5 blob,
+        # ?6 metadata, ?7 content hash, ?8 model (None keeps each), ?9 now.
         self._upsert = (
-            f"INSERT INTO {t} (qualified_task_id, backend, dimension, embedding, created_at, "
-            "updated_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (qualified_task_id) DO UPDATE "
-            "SET backend = excluded.backend, embedding = excluded.embedding, "
-            "updated_at = excluded.updated_at WHERE dimension = excluded.dimension"
+            f"INSERT INTO {t} (qualified_task_id, backend, dimension, embedding, metadata, "
+            "content_hash, model, created_at, updated_at) VALUES (?1, coalesce(?2, ?3), ?4, "
+            "?5, coalesce(?6, '{}'), ?7, ?8, ?9, ?9) ON CONFLICT (qualified_task_id) DO UPDATE "
+            "SET backend = coalesce(?2, backend), embedding = excluded.embedding, "
+            "metadata = coalesce(?6, metadata), content_hash = coalesce(?7, content_hash), "
+            "model = coalesce(?8, model), updated_at = excluded.updated_at "
+            "WHERE dimension = excluded.dimension"
         )
         self._get = f"SELECT embedding FROM {t} WHERE qualified_task_id = ?"
-        self._dimension_of = f"SELECT dimension FROM {t} WHERE qualified_task_id = ?"
+        self._get_record = (
+            "SELECT qualified_task_id, backend, dimension, embedding, metadata, content_hash, "
+            f"model, created_at, updated_at FROM {t} WHERE qualified_task_id = ?"
+        )
+        self._in_ids = "qualified_task_id IN (SELECT value FROM json_each(?))"
+        self._exists = f"SELECT EXISTS (SELECT 1 FROM {t} WHERE qualified_task_id = ?)"
         self._delete = f"DELETE FROM {t} WHERE qualified_task_id = ?"
-        self._count = f"SELECT count(*) FROM {t}"
-        self._count_dimension = f"SELECT count(*) FROM {t} WHERE dimension = ?"
-        self._dimensions = f"SELECT DISTINCT dimension FROM {t} ORDER BY dimension LIMIT 20"
-        # A scan in rowid (= id) order: through the (dimension, backend) index SQLite
-        # would first sort every blob in a temporary b-tree, several times slower.
-        self._load = (
-            f"SELECT qualified_task_id, backend, embedding FROM {t} NOT INDEXED "
-            "WHERE dimension = ? ORDER BY id"
+        self._ids_of_dimension = f"SELECT qualified_task_id FROM {t} WHERE dimension = ?"
+        # Of the given [id, hash] pairs, in their order: those missing, or stored with
+        # another hash (or, with a model, made by another model).
+        self._stale = (
+            "SELECT g.value ->> 0 FROM json_each(?1) AS g "
+            f"LEFT JOIN {t} AS t ON t.qualified_task_id = g.value ->> 0 "
+            "WHERE t.qualified_task_id IS NULL OR t.content_hash IS NOT g.value ->> 1 "
+            "OR (?2 IS NOT NULL AND t.model IS NOT ?2) ORDER BY g.key"
         )
-        self._token = f"SELECT token FROM {VERSIONS_TABLE} WHERE table_name = ?"
-        self._ids_of_dimension = (
-            f"SELECT qualified_task_id FROM {t} WHERE dimension = ? ORDER BY id"
-        )
-        self._cache: dict[int, Matrix] = {}
-        self._warned_untracked = False
 
     # -- writes ------------------------------------------------------------------------
 
     def upsert(
-        self, task_id: str, backend: str, embedding: Float32Array, conn: Connection | None
+        self,
+        task_id: str,
+        default_backend: str,
+        embedding: Float32Array,
+        fields: dict[str, str | None],
+        conn: Connection | None,
     ) -> None:
-        now = _now()
-        blob = to_blob(embedding)
+        params = (
+            task_id,
+            fields["backend"],
+            default_backend,
+            embedding.shape[0],
+            to_blob(embedding),
+            fields["metadata"],
+            fields["content_hash"],
+            fields["model"],
+            _now(),
+        )
         with self._engine.joined(conn) as c:
-            cursor = c.execute(self._upsert, (task_id, backend, embedding.shape[0], blob, now, now))
-            if cursor.rowcount == 0:
-                row = c.execute(self._dimension_of, (task_id,)).fetchone()
+            if c.execute(self._upsert, params).rowcount == 0:
+                row = c.execute(
+                    f"SELECT dimension FROM {self._t} WHERE qualified_task_id = ?", (task_id,)
+                ).fetchone()
                 raise stored_dimension_mismatch(
                     task_id, int(row[0]) if row else -1, embedding.shape[0]
                 )
@@ -104,37 +125,35 @@ class SqliteVectors:
             for given in batches:
                 total += len(given)
                 batch = given.deduplicated()
-                now = _now()
+                n = len(batch)
                 if batch.matrix is not None:
                     blobs: Any = blob_rows(batch.matrix)
                 else:
                     assert batch.vectors is not None
                     blobs = [to_blob(v) for v in batch.vectors]
+                none = [None] * n
+                fields = batch.fields
                 rows = zip(
                     batch.ids,
+                    fields.get("backend", none),
                     batch.backends,
                     batch.dimensions,
                     blobs,
-                    [now] * len(batch),
-                    [now] * len(batch),
+                    fields.get("metadata", none),
+                    fields.get("content_hash", none),
+                    fields.get("model", none),
+                    [_now()] * n,
                     strict=True,
                 )
-                written = c.executemany(self._upsert, rows).rowcount
-                if written != len(batch):
+                if c.executemany(self._upsert, rows).rowcount != n:
                     self._raise_mismatch(c, batch)
         return total
 
     def _raise_mismatch(self, conn: sqlite3.Connection, batch: Batch) -> None:
         """Name the first row of `batch` whose id is stored with another dimension."""
-        stored: dict[str, int] = {}
-        for start in range(0, len(batch), _ID_CHUNK):
-            chunk = batch.ids[start : start + _ID_CHUNK]
-            marks = ", ".join("?" * len(chunk))
-            t = quote_identifier(self._table)
-            query = (
-                f"SELECT qualified_task_id, dimension FROM {t} WHERE qualified_task_id IN ({marks})"
-            )
-            stored.update((str(i), int(d)) for i, d in conn.execute(query, chunk))
+        query = f"SELECT qualified_task_id, dimension FROM {self._t} WHERE {self._in_ids}"
+        found = conn.execute(query, (json.dumps(batch.ids),))
+        stored = {str(i): int(d) for i, d in found}
         for task_id, dimension in zip(batch.ids, batch.dimensions, strict=True):
             if stored.get(task_id, dimension) != dimension:
                 raise stored_dimension_mismatch(task_id, stored[task_id], dimension)
@@ -146,71 +165,75 @@ class SqliteVectors:
         with self._engine.joined(conn) as c:
             return c.execute(self._delete, (task_id,)).rowcount > 0
 
+    def delete_many(self, ids: list[str], conn: Connection | None) -> int:
+        with self._engine.joined(conn) as c:
+            query = f"DELETE FROM {self._t} WHERE {self._in_ids}"
+            return int(c.execute(query, (json.dumps(ids),)).rowcount)
+
     # -- reads -------------------------------------------------------------------------
 
     def get(self, task_id: str, conn: Connection | None) -> Float32Array | None:
         with self._engine.joined(conn, read=True) as c:
             row = c.execute(self._get, (task_id,)).fetchone()
+        return None if row is None else from_blob(row[0])
+
+    def get_record(self, task_id: str, conn: Connection | None) -> EmbeddingRecord | None:
+        with self._engine.joined(conn, read=True) as c:
+            row = c.execute(self._get_record, (task_id,)).fetchone()
         if row is None:
             return None
-        return from_blob(row[0])
+        return record_from_row(row, from_blob, self._engine.read_time)
 
-    def count(self, dimension: int | None, conn: Connection | None) -> int:
+    def get_many(self, ids: list[str], conn: Connection | None) -> dict[str, Float32Array]:
+        query = f"SELECT qualified_task_id, embedding FROM {self._t} WHERE {self._in_ids}"
         with self._engine.joined(conn, read=True) as c:
-            if dimension is None:
-                row = c.execute(self._count).fetchone()
-            else:
-                row = c.execute(self._count_dimension, (dimension,)).fetchone()
+            rows = c.execute(query, (json.dumps(ids),)).fetchall()
+        return {str(qid): from_blob(blob) for qid, blob in rows}
+
+    def exists(self, task_id: str, conn: Connection | None) -> bool:
+        with self._engine.joined(conn, read=True) as c:
+            return bool(c.execute(self._exists, (task_id,)).fetchone()[0])
+
+    def ids(self, rows: RowFilter, conn: Connection | None) -> Iterator[str]:
+        """Pages in id order, each in a short read transaction of its own (keyset paging)."""
+        conditions, params = row_conditions(rows)
+        where = " AND ".join([*conditions, "qualified_task_id > ?"])
+        query = (
+            f"SELECT qualified_task_id FROM {self._t} WHERE {where} "
+            f"ORDER BY qualified_task_id LIMIT {IDS_PER_PAGE}"
+        )
+        after = ""
+        while True:
+            with self._engine.joined(conn, read=True) as c:
+                page = [str(r[0]) for r in c.execute(query, (*params, after))]
+            yield from page
+            if len(page) < IDS_PER_PAGE:
+                return
+            after = page[-1]
+
+    def count(self, rows: RowFilter, conn: Connection | None) -> int:
+        conditions, params = row_conditions(rows)
+        where = " AND ".join(conditions) or "1"
+        with self._engine.joined(conn, read=True) as c:
+            row = c.execute(f"SELECT count(*) FROM {self._t} WHERE {where}", params).fetchone()
         return int(row[0])
 
-    def _matrix(self, conn: Connection | None, dimension: int) -> Matrix:
-        """The cached matrix of `dimension`, reloaded when the table's token changed."""
+    def stale(
+        self, hashes: list[tuple[str, str]], model: str | None, conn: Connection | None
+    ) -> list[str]:
         with self._engine.joined(conn, read=True) as c:
-            row = c.execute(self._token, (self._table,)).fetchone()
-            token = None if row is None else int(row[0])
-            cached = self._cache.get(dimension)
-            if cached is not None and token is not None and cached.token == token:
-                return cached
-            if token is None and not self._warned_untracked:
-                self._warned_untracked = True
-                logger.warning(
-                    "table %s has no change token in %s, so searches reload it every "
-                    "time; create it with VectorStorage.create_table()",
-                    self._table,
-                    VERSIONS_TABLE,
-                )
-            rows = c.execute(self._load, (dimension,)).fetchall()
-            if not rows:
-                dimensions = [int(r[0]) for r in c.execute(self._dimensions)]
-                if dimensions:
-                    raise query_dimension_mismatch(self._table, dimension, dimensions)
-        raw = blobs_matrix([r[2] for r in rows], dimension)
-        matrix = Matrix(token, [r[0] for r in rows], [r[1] for r in rows], raw)
-        if token is not None:
-            self._cache[dimension] = matrix
-        logger.debug("loaded %d rows of dimension %d from %s", len(rows), dimension, self._table)
-        return matrix
+            rows = c.execute(self._stale, (json.dumps(hashes), model))
+            return [str(r[0]) for r in rows]
 
-    def search(self, request: SearchRequest, conn: Connection | None) -> list[SearchResult]:
-        matrix = self._matrix(conn, request.dimension)
-        positions, distances = nearest(
-            matrix, request.query, request.k, request.metric, request.backend
-        )
-        ids = matrix.ids
-        return [
-            SearchResult(ids[p], d)
-            for p, d in zip(positions.tolist(), distances.tolist(), strict=True)
-        ]
+    # -- search and indexes ----------------------------------------------------------------
+
+    def search(
+        self, request: SearchRequest, conn: Connection | None
+    ) -> list[SearchResult] | list[SearchHit]:
+        return self._search.search(request, conn)
 
     def explain(self, request: SearchRequest, conn: Connection | None) -> str:
-        matrix = self._matrix(conn, request.dimension)
-        scope = "" if request.backend is None else f" of backend {request.backend!r}"
-        return (
-            f"exact {request.metric} search with numpy over {len(matrix):,} cached rows{scope} "
-            f"of dimension {request.dimension} in {self._table} (SQLite has no vector index)"
-        )
-
-    # -- indexes -----------------------------------------------------------------------
+        return self._search.explain(request, conn)
 
     def create_index(self, request: IndexRequest, conn: Connection | None) -> str:
         name = vector_index_name(self._table, request.method, request.metric, request.dimension)
@@ -247,7 +270,10 @@ class SqliteVectors:
             "embedding BLOB NOT NULL CHECK (typeof(embedding) = 'blob' AND "
             "length(embedding) = 4 * dimension), "
             "created_at TEXT NOT NULL, "
-            "updated_at TEXT NOT NULL)",
+            "updated_at TEXT NOT NULL, "
+            "metadata TEXT NOT NULL DEFAULT '{}' CHECK (json_type(metadata) = 'object'), "
+            "content_hash TEXT, "
+            "model TEXT)",
             f"CREATE INDEX IF NOT EXISTS {index} ON {t} (dimension, backend)",
             f"CREATE TABLE IF NOT EXISTS {VERSIONS_TABLE} (table_name TEXT NOT NULL PRIMARY "
             "KEY, token INTEGER NOT NULL) WITHOUT ROWID",
