@@ -53,7 +53,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -442,7 +442,9 @@ class LangchainClient:
         self.filter: dict[str, Any] | None = None
         self.ef_search: int | None = -1
 
-    def load(self, ids: list[str], matrix: np.ndarray, metadata: list[dict[str, Any]]) -> float:
+    def load(
+        self, ids: list[str], matrix: np.ndarray, metadata: list[Mapping[str, Any] | None]
+    ) -> float:
         """add_embeddings in batches of 1,000; rows/s."""
         start = time.perf_counter()
         for lo in range(0, len(ids), 1000):
@@ -549,7 +551,7 @@ def run_postgres(
     report: Report,
     base: np.ndarray,
     queries: np.ndarray,
-    metadata: list[dict[str, Any]],
+    metadata: list[Mapping[str, Any] | None],
     cases: list[Case],
 ) -> None:
     k = args.k
@@ -658,7 +660,7 @@ def query_budget(args: argparse.Namespace, probe: Any, queries: Sequence[Any], c
     seconds, _ = time_each(probe, queries[:3])
     per_pass = statistics.median(seconds) * clients * (args.repeat + 1)
     fit = int(args.budget / per_pass) if per_pass > 0 else len(queries)
-    return max(min(args.min_queries, len(queries)), min(len(queries), fit))
+    return max(min(int(args.min_queries), len(queries)), min(len(queries), fit))
 
 
 def bench_case(
@@ -832,7 +834,7 @@ class SqliteClient:
 
     def __init__(self, storage: VectorStorage, k: int) -> None:
         self.storage, self.k = storage, k
-        self.where: dict[str, Any] = {}
+        self.where: dict[str, Any] | None = None
 
     def configure(self, case: Case) -> None:
         self.where = case.where
@@ -857,7 +859,7 @@ def run_sqlite(
     report: Report,
     base: np.ndarray,
     queries: np.ndarray,
-    metadata: list[dict[str, Any]],
+    metadata: list[Mapping[str, Any] | None],
     cases: list[Case],
 ) -> None:
     k = args.k
@@ -888,7 +890,7 @@ def run_sqlite(
                 [[load, cold]],
             )
             rows: list[list[Any]] = []
-            items = {c.name: list(queries) for c in clients}
+            items: dict[str, Sequence[Any]] = {c.name: list(queries) for c in clients}
             for case in cases:
                 if case.where is None:
                     continue  # the unfiltered search on SQLite is sqlite.py's business
@@ -955,7 +957,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     queries = all_queries[: args.queries]
     labels = make_labels(args.n, selectivities, args.seed)
-    metadata = [{"bucket": str(label), "n": i} for i, label in enumerate(labels)]
+    # typed as upsert_many takes it (a list is invariant: list[dict] would not do)
+    metadata: list[Mapping[str, Any] | None] = [
+        {"bucket": str(label), "n": i} for i, label in enumerate(labels)
+    ]
     cases = make_cases(labels, selectivities, kinds)
     exact_answers(base, queries, cases, args.k)
     print(

@@ -31,7 +31,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -100,13 +100,13 @@ def content_hash(i: int) -> str:
 
 def make_rows(
     n: int, dim: int, seed: int
-) -> tuple[list[str], np.ndarray, list[dict[str, Any]], list[str]]:
+) -> tuple[list[str], np.ndarray, list[Mapping[str, Any] | None], list[str | None]]:
     """Ids, unit vectors, a small realistic metadata object and a sha256 hex digest per row."""
     rng = np.random.default_rng(seed)
     matrix = rng.standard_normal((n, dim), dtype=np.float32)
     matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
     langs = ("en", "de", "fr", "ja")
-    metadata = [
+    metadata: list[Mapping[str, Any] | None] = [
         {
             "bucket": f"b{i % 100}",
             "n": i,
@@ -115,7 +115,8 @@ def make_rows(
         }
         for i in range(n)
     ]
-    return ids_for(n), matrix, metadata, [content_hash(i) for i in range(n)]
+    hashes: list[str | None] = [content_hash(i) for i in range(n)]
+    return ids_for(n), matrix, metadata, hashes
 
 
 class Loaders:
@@ -184,8 +185,8 @@ def load_rates(
     loaders: Loaders,
     ids: list[str],
     matrix: np.ndarray,
-    metadata: list[dict[str, Any]],
-    hashes: list[str],
+    metadata: list[Mapping[str, Any] | None],
+    hashes: list[str | None],
     repeat: int,
 ) -> dict[str, float]:
     """Median rows/s of each method; within a repetition the order turns around each time."""
@@ -241,9 +242,10 @@ def bench_stale(
     ids = ids_for(total)
     hashes = [content_hash(i) for i in range(total)]
     old = [content_hash(-i - 1) for i in range(changed)]
+    stored_hashes: list[str | None] = [*hashes[:unchanged], *old]
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(TABLE)))
-    storage.upsert_many((ids[:stored], matrix), content_hashes=hashes[:unchanged] + old, model="m")
+    storage.upsert_many((ids[:stored], matrix), content_hashes=stored_hashes, model="m")
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(TABLE)))
     given = dict(zip(ids, hashes, strict=True))

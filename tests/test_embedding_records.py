@@ -463,3 +463,13 @@ def test_generated_filters_agree_with_the_python_evaluation(
     hits = vectors.search(matrix[0], len(rows), where=where, exact=True)
     expected = cosine_order(matrix, ids, matrix[0], keep)
     assert [h.qualified_task_id for h in hits] == [i for i, _ in expected]
+
+
+def test_two_id_streams_can_interleave_inside_one_transaction(
+    db: DbService, vectors: VectorStorage
+) -> None:
+    vectors.upsert_many(([f"md#{i}" for i in range(5)], np.ones((5, 2))))
+    with db.transaction() as conn:
+        first, second = vectors.ids(conn=conn), vectors.ids(backend="md", conn=conn)
+        pairs = list(zip(first, second, strict=True))
+    assert pairs == [(f"md#{i}", f"md#{i}") for i in range(5)]

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any, Final
@@ -277,7 +278,7 @@ class PostgresVectors:
         statement = IDS.format(table=self._ident, where=_all(conditions))
         with (
             self._connection(conn, autocommit=False) as c,
-            c.cursor(name="shareddb_ids") as cursor,
+            c.cursor(name=f"shareddb_ids_{uuid.uuid4().hex}") as cursor,  # one per iteration
         ):
             cursor.itersize = IDS_PER_FETCH
             cursor.execute(statement, params)
