@@ -12,7 +12,7 @@ the matching rows exactly with numpy over a cached matrix.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
@@ -141,8 +141,8 @@ class VectorStorage:
         self,
         items: Iterable[tuple[str, object] | EmbeddingItem] | tuple[Iterable[str], object],
         *,
-        metadata: list[Mapping[str, Any] | None] | None = None,
-        content_hashes: list[str | None] | None = None,
+        metadata: Sequence[Mapping[str, Any] | None] | None = None,
+        content_hashes: Sequence[str | None] | None = None,
         model: str | None = None,
         conn: Connection | None = None,
     ) -> int:
