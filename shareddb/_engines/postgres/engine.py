@@ -2,7 +2,7 @@
 
 Where to look for what happens when a pooled connection is lost: `_checkout`
 drops connections the server closed while they sat idle and tells a server that is
-down from a pool that is still reconnecting; `lost()` turns a connection that
+down from a pool that is still reconnecting; `lost_connection()` turns a connection that
 broke while in use into DatabaseUnavailableError (in `transaction()` and in
 `statement()`).
 """
