@@ -12,6 +12,7 @@ import tempfile
 import uuid
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -100,3 +101,14 @@ def server_facts(url: str) -> dict[str, Any]:
             value = conn.execute(f"SHOW {setting}").fetchone()
             facts[setting] = None if value is None else str(value[0])
     return facts
+
+
+@contextlib.contextmanager
+def sqlite_folder(explicit: str | None, script: str) -> Iterator[Path]:
+    """`explicit` (created if missing), or a temporary folder removed afterwards."""
+    if explicit:
+        Path(explicit).mkdir(parents=True, exist_ok=True)
+        yield Path(explicit)
+        return
+    with tempfile.TemporaryDirectory(prefix=f"shareddb-bench-{script}-") as folder:
+        yield Path(folder)

@@ -51,12 +51,10 @@ import json
 import re
 import statistics
 import sys
-import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -71,7 +69,7 @@ from _datasets import (
 )
 from _peers import LANGCHAIN_STRATEGY, PEERS_HINT, _NoEmbeddings, optional_import, sqlalchemy_url
 from _report import Report, add_output_args
-from _servers import add_server_args, scratch_database, server_facts
+from _servers import add_server_args, scratch_database, server_facts, sqlite_folder
 from _timing import Latency, time_each, time_round_robin
 from pgvector.psycopg import register_vector
 from psycopg import sql
@@ -844,16 +842,6 @@ class SqliteClient:
         return [row_of(hit.qualified_task_id) for hit in hits]
 
 
-@contextlib.contextmanager
-def sqlite_folder(explicit: str | None) -> Iterator[Path]:
-    if explicit:
-        Path(explicit).mkdir(parents=True, exist_ok=True)
-        yield Path(explicit)
-        return
-    with tempfile.TemporaryDirectory(prefix="shareddb-bench-filtered-") as folder:
-        yield Path(folder)
-
-
 def run_sqlite(
     args: argparse.Namespace,
     report: Report,
@@ -865,7 +853,7 @@ def run_sqlite(
     k = args.k
     ids = ids_for(len(base))
     unit = base / np.linalg.norm(base, axis=1, keepdims=True)
-    with sqlite_folder(args.dir) as folder:
+    with sqlite_folder(args.dir, "filtered") as folder:
         path = folder / "filtered.db"
         with contextlib.suppress(FileNotFoundError):
             path.unlink()

@@ -23,9 +23,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ import numpy as np
 from _datasets import METRICS, exact_neighbours, ids_for, recall_at_k, row_of
 from _peers import PEERS_HINT, optional_import
 from _report import Report, add_output_args
+from _servers import sqlite_folder
 from _timing import time_round_robin
 
 from shareddb import DbService
@@ -168,16 +168,6 @@ class SqliteVecClient:
         self.conn.close()
 
 
-@contextlib.contextmanager
-def sqlite_folder(explicit: str | None) -> Iterator[Path]:
-    if explicit:
-        Path(explicit).mkdir(parents=True, exist_ok=True)
-        yield Path(explicit)
-        return
-    with tempfile.TemporaryDirectory(prefix="shareddb-bench-sqlite-") as folder:
-        yield Path(folder)
-
-
 def run_size(
     args: argparse.Namespace,
     report: Report,
@@ -294,7 +284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     matrix = rng.standard_normal((biggest, args.dim), dtype=np.float32)
     queries = rng.standard_normal((args.queries, args.dim), dtype=np.float32)
     rows: list[list[Any]] = []
-    with sqlite_folder(args.dir) as folder:
+    with sqlite_folder(args.dir, "sqlite") as folder:
         for n in sorted(sizes):
             rows += run_size(args, report, matrix[:n], queries, folder, peer)
     report.table(

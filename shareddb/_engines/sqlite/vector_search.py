@@ -199,10 +199,7 @@ class SqliteSearch:
         return everyone[~np.isin(everyone, np.asarray(dropped, dtype=np.intp))]
 
     def _select(self, conn: sqlite3.Connection, matrix: Matrix, rows: RowFilter) -> Positions:
-        conditions, params = row_conditions(rows)
-        dimension = int(matrix.raw.shape[1]) if len(matrix) else None
-        if dimension is None:
-            return np.empty(0, dtype=np.intp)
-        query = f"SELECT id FROM {self._t} WHERE dimension = ? AND " + " AND ".join(conditions)
-        rowids = [int(r[0]) for r in conn.execute(query, (dimension, *params))]
+        conditions, params = row_conditions(rows._replace(dimension=int(matrix.raw.shape[1])))
+        query = f"SELECT id FROM {self._t} WHERE " + " AND ".join(conditions)
+        rowids = [int(r[0]) for r in conn.execute(query, params)]
         return np.sort(matrix.of_rowids(rowids))
