@@ -782,6 +782,43 @@ def test_sqlite_cache_survives_writes_to_other_tables(
         assert loads == [1]
 
 
+@pytest.mark.parametrize("metric", METRICS)
+def test_sqlite_filters_beyond_the_cache_stay_exact_and_their_copies_within_budget(
+    sqlite_url: str, metric: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More filters than a matrix keeps: each search still exact, the copies bounded."""
+    from shareddb._engines.sqlite import ranking as _ranking
+
+    matrices: list[Any] = []
+    original = _ranking.Matrix.__init__
+
+    def remembered(self: Any, *args: Any) -> None:
+        matrices.append(self)
+        original(self, *args)
+
+    monkeypatch.setattr(_ranking.Matrix, "__init__", remembered)
+    rng = np.random.default_rng(11)
+    rows = rng.standard_normal((400, 8)).astype(np.float32)
+    query = rng.standard_normal(8).astype(np.float32)
+    with DbService(sqlite_url) as db:
+        db.initialize()
+        vectors = VectorStorage(db)
+        ids = [f"md#{i}" for i in range(400)]
+        vectors.upsert_many((ids, rows), metadata=[{"g": i % 80} for i in range(400)])
+        for rounds in range(2):  # 80 filters > the 64 a matrix keeps: the oldest are dropped
+            for g in range(80):
+                results = vectors.search(query, 3, metric=metric, where={"g": {"$lte": g}})
+                kept = np.flatnonzero(np.arange(400) % 80 <= g)
+                expected, _ = brute_force(rows[kept], query, metric, 3)
+                assert row_numbers(results) == [int(kept[e]) for e in expected], (rounds, g)
+        (matrix,) = matrices
+        vectors.search(query, 3, metric=metric, where={"g": {"$lte": 16}})  # cached, budget free
+        held = sum(a.nbytes for s in matrix.selections.values() for a in s.gathered.values())
+        assert held > 0  # small selections are kept gathered
+        assert matrix.gather_budget + held == matrix.raw.nbytes  # nothing lost on eviction
+        assert len(matrix.selections) == 64
+
+
 # -- properties ------------------------------------------------------------------------
 
 finite_float32 = st.floats(width=32, allow_nan=False, allow_infinity=False)

@@ -422,6 +422,10 @@ def test_search_and_single_writes_take_one_round_trip(pg_url: str) -> None:
             "filtered search with metadata": lambda: vectors.search(
                 [1.0, 1.0], 5, metric="l2", where={"n": {"$gte": 0}}, with_metadata=True
             ),
+            # The index scan comes back short: its exact fallback runs in the same statement.
+            "filtered search, fewer than k rows match": lambda: vectors.search(
+                [1.0, 1.0], 5, metric="l2", where={"n": {"$lt": 3}}
+            ),
             "get_record": lambda: vectors.get_record("md#3"),
             "stale, 100k ids": lambda: vectors.stale({f"md#{i}": "h" for i in range(100_000)}),
         }

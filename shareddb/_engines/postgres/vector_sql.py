@@ -219,17 +219,18 @@ def search_statement(
     exact: bool,
     settings: tuple[str, ...] = (),
     *,
-    conditions: Sequence[sql.Composable] = (),
+    conditions: Sequence[LiteralString] = (),
     by_id: bool = False,
     with_metadata: bool = False,
 ) -> sql.Composed:
     """The search SELECT: nearest `k` rows of one dimension that meet `conditions`.
 
-    Parameters, in order: the query vector (with `by_id`, the id whose stored vector is
-    the query, twice), then each condition's. ``WHERE dimension = d`` matches the partial
-    index's predicate and the distance expression matches its expression, so the
-    planner can scan the index in distance order. Exact searches order ties by id
-    (insertion order), like SQLite.
+    Parameters, in order: the settings' values, the query vector (with `by_id`, the id
+    whose stored vector is the query, twice), then each condition's; a filtered
+    approximate search takes the query and the conditions' parameters a second time
+    (see below). ``WHERE dimension = d`` matches the partial index's predicate and the
+    distance expression matches its expression, so the planner can scan the index in
+    distance order. Exact searches order ties by id (insertion order), like SQLite.
 
     With `settings` the statement applies them itself, in one round trip: a one-row
     subquery calls ``set_config(..., is_local => true)`` and the search is a LATERAL
@@ -239,16 +240,65 @@ def search_statement(
     with the statement's transaction. With iterative scans the index returns rows in
     relaxed order, so the k rows are re-sorted exactly (``+ 0`` keeps the planner
     from trusting the subquery's order).
+
+    A filtered approximate search carries its own fallback: an index scan can stop
+    short of k matching rows (``hnsw.max_scan_tuples``, or a graph the filter cut
+    apart), so the approximate rows are materialized and, only when there are fewer
+    than k of them, an exact scan of the matching rows answers instead. The check is
+    an uncorrelated subquery, a one-time filter: the exact branch is never executed
+    when the index found k rows. One statement, one round trip, whichever answers.
     """
+    if exact or not conditions:
+        return _nearest_rows(
+            table, dimension, metric, k, exact, settings, conditions, by_id, with_metadata
+        )
+    metadata: LiteralString = ", metadata" if with_metadata else ""
+    exact_rows = _nearest_rows(
+        table, dimension, metric, k, True, (), conditions, by_id, with_metadata, tie=True
+    )
+    approximate = _nearest_rows(
+        table, dimension, metric, k, False, settings, conditions, by_id, with_metadata, tie=True
+    )
+    return sql.SQL(
+        "WITH approximate AS MATERIALIZED ({approximate}), "
+        "found AS (SELECT count(*) AS n FROM approximate) "
+        "SELECT {output} FROM ("
+        "SELECT {columns} FROM approximate WHERE (SELECT n FROM found) >= {k} "
+        "UNION ALL SELECT {columns} FROM ({exact_rows}) AS e WHERE (SELECT n FROM found) < {k}"
+        ") AS u ORDER BY distance + 0, tie"
+    ).format(
+        approximate=approximate,
+        output=sql.SQL("qualified_task_id, distance" + metadata),
+        columns=sql.SQL("qualified_task_id, distance, tie" + metadata),
+        exact_rows=exact_rows,
+        k=sql.Literal(k),
+    )
+
+
+def _nearest_rows(
+    table: sql.Identifier,
+    dimension: int,
+    metric: Metric,
+    k: int,
+    exact: bool,
+    settings: tuple[str, ...],
+    conditions: Sequence[LiteralString],
+    by_id: bool,
+    with_metadata: bool,
+    *,
+    tie: bool = False,
+) -> sql.Composed:
+    """One scan of `search_statement`: the nearest `k` rows, approximate or exact."""
     query = QUERY_OF_ID.format(table=table) if by_id else QUERY_PARAMETER
     first: list[sql.Composable] = [sql.SQL("dimension = {d}").format(d=sql.Literal(dimension))]
     if by_id:  # no rows at all (not rows at a NULL distance) when the id is missing
         first.append(sql.SQL("{q} IS NOT NULL").format(q=query))
-    where = sql.SQL(" AND ").join([*first, *conditions])
+    where = sql.SQL(" AND ").join([*first, *map(sql.SQL, conditions)])
     if settings:
         where = where + sql.SQL(" AND s.applied IS NOT NULL")
     order = sql.SQL("distance, id") if exact else sql.SQL("distance")
-    extra = sql.SQL(", metadata") if with_metadata else sql.SQL("")
+    metadata: LiteralString = ", metadata" if with_metadata else ""
+    extra = sql.SQL((", id AS tie" if tie else "") + metadata)
     inner = sql.SQL(
         "SELECT qualified_task_id, {expr} AS distance{extra} FROM {table} WHERE {where} "
         "ORDER BY {order} LIMIT {k}"
@@ -263,7 +313,7 @@ def search_statement(
     if not settings:
         return inner
     resort = sql.SQL(" ORDER BY r.distance + 0") if "iterative" in settings else sql.SQL("")
-    outer_extra = sql.SQL(", r.metadata") if with_metadata else sql.SQL("")
+    outer_extra = sql.SQL((", r.tie" if tie else "") + (", r.metadata" if with_metadata else ""))
     return sql.SQL(
         "SELECT r.qualified_task_id, r.distance{extra} FROM (SELECT {applied}) AS s(applied), "
         "LATERAL ({inner}) AS r{resort}"

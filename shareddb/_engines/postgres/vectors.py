@@ -18,7 +18,7 @@ import logging
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, LiteralString
 
 import numpy as np
 import psycopg
@@ -362,8 +362,8 @@ def _array(vector: Any) -> Float32Array:
     return np.array(vector.to_numpy(), dtype=np.float32)
 
 
-def _all(conditions: list[sql.Composable]) -> sql.Composable:
-    return sql.SQL(" AND ").join(conditions) if conditions else sql.SQL("true")
+def _all(conditions: Sequence[LiteralString]) -> sql.Composable:
+    return sql.SQL(" AND ".join(conditions) if conditions else "true")
 
 
 def _concurrently_in_transaction(method: str) -> InvalidArgumentError:

@@ -6,8 +6,9 @@ scan) and are re-ranked in float64, so float32 rounding never reorders the top k
 
 from __future__ import annotations
 
+import math
 import threading
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import numpy as np
 
@@ -39,7 +40,9 @@ class Matrix:
         self.backends = backends
         self.raw = raw
         # Rows selected by filters (model, metadata), by the filter's canonical form.
-        self.selections: dict[tuple[Any, ...], np.ndarray[Any, np.dtype[np.intp]]] = {}
+        self.selections: dict[tuple[Any, ...], Selection] = {}
+        # Bytes the selections may hold in gathered copies of their rows, in all.
+        self.gather_budget = raw.nbytes
         self._index: dict[str, int] | None = None
         self._lock = threading.Lock()
         self._unit: Float32Array | None = None
@@ -77,6 +80,23 @@ class Matrix:
                 self._sqnorms = np.einsum("ij,ij->i", self.raw, self.raw)
             return self._sqnorms
 
+    def keep(self, key: tuple[Any, ...], selection: Selection, most: int) -> Selection:
+        """Cache `selection` under `key`, the oldest dropped beyond `most` (its copies too)."""
+        with self._lock:
+            while len(self.selections) >= most:
+                dropped = self.selections.pop(next(iter(self.selections)))
+                self.gather_budget += sum(rows.nbytes for rows in dropped.gathered.values())
+                dropped.gathered = {}
+            return self.selections.setdefault(key, selection)
+
+    def hold(self, selection: Selection, kind: Rows, rows: np.ndarray[Any, Any]) -> None:
+        """Keep `rows` gathered for a cached `selection` while the budget allows."""
+        with self._lock:
+            cached = any(s is selection for s in self.selections.values())
+            if cached and kind not in selection.gathered and self.gather_budget >= rows.nbytes:
+                self.gather_budget -= rows.nbytes
+                selection.gathered[kind] = rows
+
     def position_of(self, task_id: str) -> int | None:
         with self._lock:
             if self._index is None:
@@ -98,12 +118,53 @@ class Matrix:
             return self._positions.get(backend, np.empty(0, dtype=np.intp))
 
 
+Rows = Literal["unit", "zero", "raw", "sqnorms"]
+
+
+class Selection:
+    """The positions of the rows a filter keeps, and those rows gathered once.
+
+    Apps search with the same few filters again and again: a small selection's rows
+    are copied out of the matrix on its first search and reused, so a search scans a
+    compact array instead of gathering the rows anew (for a 1 % filter that gather
+    costs more than the product). The copies share the matrix's `gather_budget`, so
+    all of them together never take more memory than the matrix itself.
+    """
+
+    def __init__(self, matrix: Matrix, positions: np.ndarray[Any, np.dtype[np.intp]]) -> None:
+        self.positions = positions
+        self._matrix = matrix
+        self.gathered: dict[Rows, np.ndarray[Any, Any]] = {}  # see Matrix.hold
+
+    def rows(self, kind: Rows, source: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        """`source` (the matrix's array of `kind`) at the selected rows."""
+        found = self.gathered.get(kind)
+        if found is not None:
+            return found
+        rows: np.ndarray[Any, Any] = source[self.positions]
+        self._matrix.hold(self, kind, rows)
+        return rows
+
+
+def _take(
+    subset: Selection | np.ndarray[Any, np.dtype[np.intp]] | None,
+    kind: Rows,
+    source: np.ndarray[Any, Any],
+) -> np.ndarray[Any, Any]:
+    if subset is None:
+        return source
+    if isinstance(subset, Selection):
+        return subset.rows(kind, source)
+    rows: np.ndarray[Any, Any] = source[subset]
+    return rows
+
+
 def nearest(
     matrix: Matrix,
     query: Float32Array,
     k: int,
     metric: Metric,
-    subset: np.ndarray[Any, np.dtype[np.intp]] | None = None,
+    subset: Selection | np.ndarray[Any, np.dtype[np.intp]] | None = None,
 ) -> tuple[np.ndarray[Any, np.dtype[np.intp]], np.ndarray[Any, np.dtype[np.float64]]]:
     """Positions of the `k` rows nearest to `query` and their distances, nearest first.
 
@@ -116,33 +177,31 @@ def nearest(
     """
     n = len(matrix)
     empty = (np.empty(0, dtype=np.intp), np.empty(0, dtype=np.float64))
-    if n == 0:
-        return empty
-    if subset is not None and subset.size == 0:
+    positions = subset.positions if isinstance(subset, Selection) else subset
+    if n == 0 or (positions is not None and positions.size == 0):
         return empty
     raw = matrix.raw
     peak = max(matrix.peak(), float(np.abs(query).max()))
     if peak * peak * query.shape[0] > _FLOAT32_SAFE:
-        everyone = np.arange(n) if subset is None else subset
+        everyone = np.arange(n) if positions is None else positions
         return _ranked(raw, everyone, query, k, metric)
     mask_from: np.ndarray[Any, np.dtype[np.intp]] | None = None
-    if subset is not None and subset.size > n // 4:
+    if positions is not None and positions.size > n // 4:
         # A large share of the rows: one product over all of them and a mask is cheaper
         # than copying the subset's rows out of the matrix.
-        mask_from, subset = subset, None
+        mask_from, subset, positions = positions, None, None
     if metric == "cosine":
         unit, zero = matrix.unit()
-        q = query / np.float32(np.linalg.norm(query))
-        scores = (unit if subset is None else unit[subset]) @ q
-        zero_rows = zero if subset is None else zero[subset]
+        q = query / np.float32(math.sqrt(float(query @ query)))
+        scores = _take(subset, "unit", unit) @ q
+        zero_rows = _take(subset, "zero", zero)
         if zero_rows.any():
             scores[zero_rows] = _LOWEST
     elif metric == "inner_product":
-        scores = (raw if subset is None else raw[subset]) @ query
+        scores = _take(subset, "raw", raw) @ query
     else:  # l2: rank by 2 r·q - |r|², which orders as -|r - q|²
-        sqnorms = matrix.sqnorms()
-        scores = 2 * ((raw if subset is None else raw[subset]) @ query)
-        scores -= sqnorms if subset is None else sqnorms[subset]
+        scores = 2 * (_take(subset, "raw", raw) @ query)
+        scores -= _take(subset, "sqnorms", matrix.sqnorms())
     eligible = scores.shape[0]
     if mask_from is not None:
         masked = np.full_like(scores, -np.inf)
@@ -155,7 +214,7 @@ def nearest(
         if candidates < m
         else np.arange(m)
     )
-    return _ranked(raw, top if subset is None else subset[top], query, k, metric)
+    return _ranked(raw, top if positions is None else positions[top], query, k, metric)
 
 
 def _ranked(
@@ -168,12 +227,16 @@ def _ranked(
     """The `k` nearest of the rows at `positions`, by distances computed in float64."""
     rows = raw[positions].astype(np.float64)
     q64 = query.astype(np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        if metric == "cosine":
-            distances = 1.0 - (rows @ q64) / (np.linalg.norm(rows, axis=1) * np.linalg.norm(q64))
-        elif metric == "inner_product":
-            distances = -(rows @ q64)
+    if metric == "cosine":
+        norms = np.sqrt(np.einsum("ij,ij->i", rows, rows) * float(q64 @ q64))
+        if norms.all():
+            distances = 1.0 - (rows @ q64) / norms
         else:
-            distances = np.sqrt(np.square(rows - q64).sum(axis=1))
+            with np.errstate(invalid="ignore", divide="ignore"):  # zero rows: NaN, ranked last
+                distances = 1.0 - (rows @ q64) / norms
+    elif metric == "inner_product":
+        distances = -(rows @ q64)
+    else:
+        distances = np.sqrt(np.square(rows - q64).sum(axis=1))
     order = np.lexsort((positions, distances))[:k]
     return positions[order], distances[order]

@@ -15,6 +15,7 @@ with the same filter costs the numpy scan of the matching rows only.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import sqlite3
@@ -23,9 +24,9 @@ from typing import TYPE_CHECKING, Any, Final
 import numpy as np
 
 from shareddb._core.types import Connection
-from shareddb._engines.sqlite.ranking import Matrix, nearest
+from shareddb._engines.sqlite.ranking import Matrix, Selection, nearest
 from shareddb._vectors.codec import blobs_matrix, from_blob
-from shareddb._vectors.filters import canonical, to_sqlite
+from shareddb._vectors.filters import Filter, canonical, to_sqlite
 from shareddb._vectors.metadata import load_metadata
 from shareddb._vectors.request import RowFilter, SearchRequest
 from shareddb._vectors.results import SearchHit, SearchResult
@@ -41,6 +42,12 @@ VERSIONS_TABLE: Final = "shareddb_vector_versions"
 MAX_SELECTIONS: Final = 64  # filters whose matching rows a matrix keeps
 
 Positions = np.ndarray[Any, np.dtype[np.intp]]
+
+
+@functools.lru_cache(maxsize=256)
+def _key(where: Filter) -> str:
+    """A filter's cache key, rendered once: apps send the same few filters over and over."""
+    return canonical(where)
 
 
 def quote_identifier(name: str) -> str:
@@ -124,7 +131,8 @@ class SqliteSearch:
         with self._engine.joined(conn, read=True) as c:
             matrix = self._matrix(c, request.dimension)
             subset = self._selection(c, matrix, request.rows)
-        count = len(matrix) if subset is None else int(subset.size)
+        positions = subset.positions if isinstance(subset, Selection) else subset
+        count = len(matrix) if positions is None else int(positions.size)
         scope = "" if subset is None else " matching the filter"
         return (
             f"exact {request.metric} search with numpy over {count:,} cached rows{scope} "
@@ -174,28 +182,29 @@ class SqliteSearch:
 
     def _selection(
         self, conn: sqlite3.Connection, matrix: Matrix, rows: RowFilter
-    ) -> Positions | None:
-        """The positions in `matrix` of the rows `rows` keeps; None for all of them.
+    ) -> Selection | Positions | None:
+        """The rows of `matrix` that `rows` keeps; None for all of them.
 
         Runs in the read transaction that checked the matrix's token, so the rows it
         selects are the matrix's rows.
         """
         if not rows.narrows:
             return None
-        if rows.model is None and rows.where is None:
-            selected = None if rows.backend is None else matrix.positions(rows.backend)
-        else:
-            key = (rows.backend, rows.model, None if rows.where is None else canonical(rows.where))
+        selected: Selection | None = None
+        if rows.backend is not None or rows.model is not None or rows.where is not None:
+            key = (rows.backend, rows.model, None if rows.where is None else _key(rows.where))
             selected = matrix.selections.get(key)
             if selected is None:
-                selected = self._select(conn, matrix, rows._replace(exclude=()))
-                if len(matrix.selections) >= MAX_SELECTIONS:
-                    matrix.selections.pop(next(iter(matrix.selections)))
-                matrix.selections[key] = selected
+                if rows.model is None and rows.where is None:
+                    assert rows.backend is not None
+                    positions = matrix.positions(rows.backend)
+                else:
+                    positions = self._select(conn, matrix, rows._replace(exclude=()))
+                selected = matrix.keep(key, Selection(matrix, positions), MAX_SELECTIONS)
         if not rows.exclude:
             return selected
         dropped = [p for p in map(matrix.position_of, rows.exclude) if p is not None]
-        everyone = np.arange(len(matrix), dtype=np.intp) if selected is None else selected
+        everyone = np.arange(len(matrix), dtype=np.intp) if selected is None else selected.positions
         return everyone[~np.isin(everyone, np.asarray(dropped, dtype=np.intp))]
 
     def _select(self, conn: sqlite3.Connection, matrix: Matrix, rows: RowFilter) -> Positions:
