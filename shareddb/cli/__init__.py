@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
-from shareddb.cli import config, copy, doctor, init, pg, status, tune
+from shareddb.cli import config, copy, doctor, index, init, pg, status, tune
 from shareddb.cli.common import EXIT_PROBLEM, EXIT_USAGE, UsageError
 from shareddb.errors import ShareddbError
 
@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     pg.add_arguments(command("pg", pg, target, common))
     copy.add_arguments(command("copy", copy, common, as_json))
     tune.add_arguments(command("tune", tune, target, common, as_json))
+    # Its subcommands (list, create, drop) take the common options themselves.
+    index.add_arguments(command("index", index), target, common, as_json)
     return parser
 
 
