@@ -1,9 +1,9 @@
 """``shareddb doctor``: check each prerequisite of a working database and say how to fix it.
 
-Checks run in order (configuration, files, connection, pgvector, migrations,
-``maintenance_work_mem``); a check that can't run because an earlier one failed is
-left out. Nothing is created or changed: a SQLite file or an embedded data folder
-that does not exist yet is reported, not made.
+Checks run in order (configuration, the application's migration namespaces, files,
+connection, pgvector, migrations, ``maintenance_work_mem``); a check that can't run
+because an earlier one failed is left out. Nothing is created or changed: a SQLite
+file or an embedded data folder that does not exist yet is reported, not made.
 """
 
 from __future__ import annotations
@@ -11,12 +11,13 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import psycopg
 
 from shareddb._admin.libpq_hints import explain_libpq
-from shareddb._core.config import load_config
+from shareddb._core.config import DbConfig, load_config
 from shareddb._core.service import DbService
 from shareddb._core.url import DbTarget, parse_url
 from shareddb._engines.postgres import embedded as _embedded
@@ -31,6 +32,7 @@ from shareddb._engines.postgres.pgvector import (
     install_advice,
     version_tuple,
 )
+from shareddb._migrations.files import discover, migration_folders
 from shareddb._vectors.validation import MAX_HALFVEC_INDEX_DIMENSION
 from shareddb.errors import ConfigError, DatabaseUnavailableError, ShareddbError
 
@@ -72,19 +74,24 @@ class Check:
 
 
 class Doctor:
-    """Runs the prerequisite checks in order; later checks skip when an earlier one failed."""
+    """Runs the prerequisite checks in order; later checks skip when an earlier one failed.
+
+    The namespaces checked are the configuration's (``[db.schema_dirs]``) and
+    `schema_dirs`, whose folder wins for a namespace both name. With `url`, the
+    configuration is read only when `config_path` names it.
+    """
 
     def __init__(
         self,
         url: str | None = None,
         config_path: str | None = None,
         *,
-        schema_dirs: Mapping[str, str] | None = None,
+        schema_dirs: Mapping[str, str | os.PathLike[str]] | None = None,
         timeout: float = 10.0,
     ) -> None:
         self.url = url
         self.config_path = config_path
-        self.schema_dirs = dict(schema_dirs or {})
+        self.schema_dirs: dict[str, str | os.PathLike[str]] = dict(schema_dirs or {})
         self.timeout = timeout
         self.checks: list[Check] = []
 
@@ -97,6 +104,8 @@ class Doctor:
             self.add("database", "skip", "no usable configuration")
             return
         target = parse_url(url)
+        if self.schema_dirs and not self.check_namespaces(target):
+            return
         if target.engine == "sqlite":
             self.check_sqlite_files(target)
         db = self.check_reachable(url, target)
@@ -112,7 +121,7 @@ class Doctor:
             db.close()
 
     def check_config(self) -> str | None:
-        if self.url is not None:
+        if self.url is not None and self.config_path is None:
             self.add("config", "skip", "--url given; configuration not consulted")
             return self.url
         try:
@@ -126,14 +135,42 @@ class Doctor:
                 "writes a commented template to compare with",
             )
             return None
-        if config.path_exists:
-            detail = f"{config.path} is valid; the url comes from {config.describe_source()}"
-        else:
-            detail = (
-                f"no config file at {config.path}; the url comes from {config.describe_source()}"
+        self.schema_dirs = {**config.schema_dirs, **self.schema_dirs}
+        self.add("config", "ok", self._describe_config(config))
+        return config.url if self.url is None else self.url
+
+    def _describe_config(self, config: DbConfig) -> str:
+        if not config.path_exists:
+            return f"no config file at {config.path}; the url comes from {config.describe_source()}"
+        if self.url is not None:
+            return f"{config.path} is valid; the url comes from --url"
+        return f"{config.path} is valid; the url comes from {config.describe_source()}"
+
+    def check_namespaces(self, target: DbTarget) -> bool:
+        """Each application namespace's folder exists and its files are well named."""
+        try:
+            dirs = {ns: Path(folder) for ns, folder in self.schema_dirs.items()}
+            folders = migration_folders(target.engine, dirs)
+            found = {ns: len(discover(ns, folder)) for ns, folder in folders.items()}
+        except ShareddbError as e:
+            self.add(
+                "namespaces",
+                "fail",
+                str(e),
+                "fix the folder, or the namespace's entry under [db.schema_dirs] in the "
+                "configuration (or --schema-dir)",
             )
-        self.add("config", "ok", detail)
-        return config.url
+            return False
+        del found[next(iter(folders))]  # shareddb's own, always there
+        self.add(
+            "namespaces",
+            "ok",
+            "; ".join(
+                f"{ns}: {folders[ns]} ({n} migration file{'s' if n != 1 else ''})"
+                for ns, n in found.items()
+            ),
+        )
+        return True
 
     def check_sqlite_files(self, target: DbTarget) -> None:
         path = target.sqlite_path

@@ -1,15 +1,19 @@
 """Configuration: a TOML file, the environment, and built-in defaults.
 
-Precedence, highest first: ``SHAREDDB_URL``; ``[db] url`` in the file;
+Precedence of the URL, highest first: ``SHAREDDB_URL``; ``[db] url`` in the file;
 ``[sessiondb]`` in the file; the default SQLite file under the user data dir.
+The application's migration namespaces (``[db.schema_dirs]``) come from the file
+whichever URL wins: they describe the application, not the database it talks to.
 """
 
 from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Literal
 from urllib.parse import quote
 
@@ -17,6 +21,7 @@ import platformdirs
 
 from shareddb._core.url import expand_user, mask_url, parse_url
 from shareddb._engines.postgres.embedded import embedded_url
+from shareddb._migrations.files import namespace_problem
 from shareddb.errors import ConfigError
 
 ENV_URL = "SHAREDDB_URL"
@@ -25,7 +30,7 @@ ENV_CONFIG = "SHAREDDB_CONFIG"
 ConfigSource = Literal["default", "sessiondb", "db", "env"]
 
 _TOP_KEYS = {"db", "sessiondb"}
-_DB_KEYS = {"url"}
+_DB_KEYS = {"url", "schema_dirs"}
 _SESSIONDB_KEYS = {"backend", "sqlite", "postgres"}
 _SQLITE_KEYS = {"path"}
 _POSTGRES_KEYS = {"connection_string", "embedded", "data_dir"}
@@ -38,17 +43,27 @@ class DbConfig:
     `url` is the URL a DbService will use; `source` says which setting won
     (``default``, file ``sessiondb``, file ``db`` or ``env``); `path` is the
     configuration file that was consulted and `path_exists` whether it was there.
+    `schema_dirs` maps the application's migration namespaces to their folders
+    (``[db.schema_dirs]``, read-only; folders from a file are absolute).
     """
 
     url: str
     source: ConfigSource = "default"
     path: Path | None = None
     path_exists: bool = False
+    schema_dirs: Mapping[str, Path] = field(default_factory=dict, hash=False)
+
+    def __post_init__(self) -> None:
+        # A read-only copy with Path values, so that a config built by hand with str
+        # folders compares and behaves like one read from a file.
+        dirs = {str(ns): Path(folder) for ns, folder in self.schema_dirs.items()}
+        object.__setattr__(self, "schema_dirs", MappingProxyType(dirs))
 
     def __repr__(self) -> str:
         return (
             f"DbConfig(url={mask_url(self.url)!r}, source={self.source!r}, "
-            f"path={self.path!r}, path_exists={self.path_exists!r})"
+            f"path={self.path!r}, path_exists={self.path_exists!r}, "
+            f"schema_dirs={dict(self.schema_dirs)!r})"
         )
 
     def describe_source(self) -> str:
@@ -90,18 +105,20 @@ def load_config(path: str | os.PathLike[str] | None = None) -> DbConfig:
     # Absolute, so that relative paths in the file stay right after a chdir().
     file = file.absolute()
     data = _read_toml(file, required=explicit)
-    exists = data is not None
     env_url = os.environ.get(ENV_URL)
     if env_url:
         _validate_url(env_url, f"environment variable {ENV_URL}")
-        # Still parse the file, so that a broken file is reported and not hidden.
-        if data is not None:
-            _url_from_file(data, file)
-        return DbConfig(url=env_url, source="env", path=file, path_exists=exists)
     if data is None:
+        if env_url:
+            return DbConfig(url=env_url, source="env", path=file)
         return DbConfig(url=sqlite_url(default_sqlite_path()), path=file)
+    # The file is parsed even when the environment wins, so that a broken file is
+    # reported rather than hidden, and its namespaces apply to any url.
     url, source = _url_from_file(data, file)
-    return DbConfig(url=url, source=source, path=file, path_exists=True)
+    dirs = _schema_dirs_from_file(data, file)
+    if env_url:
+        url, source = env_url, "env"
+    return DbConfig(url=url, source=source, path=file, path_exists=True, schema_dirs=dirs)
 
 
 def _read_toml(file: Path, *, required: bool) -> dict[str, Any] | None:
@@ -183,6 +200,37 @@ def _url_from_file(data: dict[str, Any], file: Path) -> tuple[str, ConfigSource]
         _validate_url(url, f"key sessiondb.postgres.connection_string in {file}")
         return url, "sessiondb"
     raise ConfigError(f"key sessiondb.backend in {file} is {backend!r}; use 'sqlite' or 'postgres'")
+
+
+def _schema_dirs_from_file(data: dict[str, Any], file: Path) -> dict[str, Path]:
+    """``[db.schema_dirs]``: namespace -> folder, relative folders against the file's folder.
+
+    Folders are not checked for existence here: `initialize()` and ``shareddb
+    doctor`` report a missing one, and a configuration may be written first.
+    """
+    prefix = "db.schema_dirs."
+    table = _table(_table(data, "db", file), "schema_dirs", file, "db.")
+    dirs: dict[str, Path] = {}
+    for namespace, raw in table.items():
+        problem = namespace_problem(namespace)
+        if problem:
+            raise ConfigError(
+                f"key {prefix}{namespace} in {file}: namespace {namespace!r} {problem}"
+            )
+        if isinstance(raw, dict):
+            raise ConfigError(
+                f"key {prefix}{namespace} in {file} is a table, not a folder",
+                fix=f'write {namespace} = "path/to/migrations" directly under [db.schema_dirs]',
+            )
+        folder = _string(table, namespace, file, prefix)
+        if not folder or "\x00" in folder:
+            raise ConfigError(
+                f"key {prefix}{namespace} in {file} is empty or holds a NUL byte",
+                fix="set it to the folder of the namespace's migration files",
+            )
+        path = expand_user(folder, f"key {prefix}{namespace} in {file}")
+        dirs[namespace] = path if path.is_absolute() else file.parent / path
+    return dirs
 
 
 def _embedded_dir(postgres: dict[str, Any], file: Path) -> tuple[Path | None] | None:

@@ -77,8 +77,14 @@ class DbService:
 
     @classmethod
     def from_config(cls, config: DbConfig, **kwargs: Any) -> Self:
-        """A DbService for `config.url`; keyword arguments as for the constructor."""
-        return cls(config.url, **kwargs)
+        """A DbService for `config.url` with the configuration's namespaces.
+
+        Keyword arguments are as for the constructor. A ``schema_dirs=`` argument is
+        merged with ``config.schema_dirs`` (``[db.schema_dirs]``): its namespaces are
+        added, and where both name one, the argument's folder wins.
+        """
+        extra: Mapping[str, str | os.PathLike[str]] = kwargs.pop("schema_dirs", None) or {}
+        return cls(config.url, schema_dirs={**config.schema_dirs, **extra}, **kwargs)
 
     def __repr__(self) -> str:
         state = "open" if self._engine.is_open else "closed"

@@ -65,19 +65,21 @@ def migration_folders(
     """
     folders = {SHAREDDB_NAMESPACE: builtin_schema_dir(backend)}
     for namespace, folder in (schema_dirs or {}).items():
-        if not isinstance(namespace, str) or not _NAMESPACE.fullmatch(namespace):
-            raise MigrationError(
-                f"schema_dirs namespace {namespace!r} is not a plain name; use letters, "
-                "digits, '_', '.' or '-' (at most 63 characters)"
-            )
-        if namespace == SHAREDDB_NAMESPACE:
-            raise MigrationError(
-                f"schema_dirs namespace {namespace!r} is reserved for shareddb's own "
-                "migrations; choose your application's name"
-            )
+        problem = namespace_problem(namespace)
+        if problem:
+            raise MigrationError(f"schema_dirs namespace {namespace!r} {problem}")
         path = Path(folder)
         folders[namespace] = path / backend if _is_dir(namespace, path / backend) else path
     return folders
+
+
+def namespace_problem(namespace: object) -> str | None:
+    """Why `namespace` can't name an application's migrations (a phrase), or None if it can."""
+    if not isinstance(namespace, str) or not _NAMESPACE.fullmatch(namespace):
+        return "is not a plain name; use letters, digits, '_', '.' or '-' (at most 63 characters)"
+    if namespace == SHAREDDB_NAMESPACE:
+        return "is reserved for shareddb's own migrations; choose your application's name"
+    return None
 
 
 def _is_dir(namespace: str, folder: Path) -> bool:

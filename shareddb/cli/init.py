@@ -16,8 +16,8 @@ HELP = "apply pending migrations"
 
 
 def run(args: argparse.Namespace) -> int:
-    url, _ = target_url(args)
-    with service(args, url) as db:
+    url, config = target_url(args)
+    with service(args, url, config) as db:
         if not args.json:
             print(f"database: {_describe_target(db)}")
         before = db.migration_status()

@@ -1,4 +1,4 @@
-"""``shareddb status``: versions, migrations, row counts and vector indexes."""
+"""``shareddb status``: versions, migrations, every table with its rows and indexes."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ import sqlite3
 from typing import Any
 
 from shareddb._admin.doctor import EMBEDDINGS_TABLE, format_bytes, not_created
+from shareddb._admin.tables import IndexSummary, TableInfo, list_tables
 from shareddb._core.service import DbService
 from shareddb._core.types import PgConnection
 from shareddb._core.url import parse_url
 from shareddb._engines.postgres.pgvector import PGVECTOR_VERSIONS
-from shareddb._migrations.files import discover_all, migration_folders
+from shareddb._migrations.files import MigrationFile, discover_all, migration_folders
 from shareddb._migrations.ledger import status
 from shareddb.cli.common import (
     EXIT_OK,
@@ -34,18 +35,23 @@ _CHECKSUM = {
 }
 
 
-HELP = "versions, migrations, row counts and vector indexes"
+HELP = "versions, migrations, every table with its rows and indexes, vector indexes"
 
 
 def run(args: argparse.Namespace) -> int:
-    url, _ = target_url(args)
+    url, config = target_url(args)
     target = parse_url(url)
-    info: dict[str, Any] = {"backend": target.engine, "target": target.masked}
+    namespaces = schema_dirs(args, config)
+    info: dict[str, Any] = {
+        "backend": target.engine,
+        "target": target.masked,
+        "schema_dirs": {ns: str(folder) for ns, folder in namespaces.items()},
+    }
     if target.embedded_dir is not None:
         info["embedded_data_dir"] = str(target.embedded_dir)
+    files = discover_all(migration_folders(target.engine, namespaces))
     if not_created(target):
         # Don't create the file (or run initdb) just to say it is empty.
-        files = discover_all(migration_folders(target.engine, schema_dirs(args)))
         info.update(
             exists=False,
             server=f"SQLite {sqlite3.sqlite_version}"
@@ -54,11 +60,12 @@ def run(args: argparse.Namespace) -> int:
             pgvector=None,
             migrations=status(files, []),
             rows={},
+            tables=[],
             indexes=[],
         )
     else:
-        with service(args, url) as db:
-            info.update(_status_info(db))
+        with service(args, url, config) as db:
+            info.update(_status_info(db, files))
     problems = [m for m in info["migrations"] if m.state in ("changed", "missing", "out of order")]
     if args.json:
         emit_json(info)
@@ -67,13 +74,14 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_PROBLEM if problems else EXIT_OK
 
 
-def _status_info(db: DbService) -> dict[str, Any]:
+def _status_info(db: DbService, files: list[MigrationFile]) -> dict[str, Any]:
     info: dict[str, Any] = {"exists": True}
     engine = db.engine
     with engine.reading() as conn:
         info["server"] = engine.server_version(conn)
         info.update(_pgvector(conn) if engine.kind == "postgres" else {"pgvector": None})
         info["rows"] = _row_counts(db, conn)
+        info["tables"] = list_tables(engine, files, conn=conn)
     info["migrations"] = db.migration_status()
     has_table = info["rows"].get(EMBEDDINGS_TABLE) is not None
     # Empty on SQLite, which has no vector indexes: its search is exact.
@@ -144,6 +152,32 @@ def _print_status(info: dict[str, Any]) -> None:
         print("  none")
     for index in info["indexes"]:
         print("  " + _describe_index(index))
+    _print_tables(info["tables"], exists=info.get("exists", True))
+
+
+def _print_tables(tables: list[TableInfo], *, exists: bool) -> None:
+    """Every table of the database: rows, the namespace that created it, one line per index."""
+    print("tables")
+    if not tables:
+        print("  none yet; run: shareddb init" if exists else "  none")
+    width = max([len(t.name) for t in tables] + [16])
+    for table in tables:
+        rows = "?" if table.rows is None else f"{table.rows:,}"
+        rows = f"~{rows}" if table.rows_estimated else rows
+        unit = "row " if table.rows == 1 and not table.rows_estimated else "rows"
+        namespace = table.namespace or "unknown namespace"
+        print(f"  {table.name:<{width}} {rows:>12} {unit}  {namespace}")
+        for index in table.indexes:
+            print(f"      {_describe_table_index(index)}")
+
+
+def _describe_table_index(index: IndexSummary) -> str:
+    """``sessions_pkey  btree (session)  primary key`` (method shown on PostgreSQL only)."""
+    method = f"{index.method} " if index.method else ""
+    flags = ["primary key" if index.primary else "unique" if index.unique else ""]
+    flags.append("partial" if index.partial else "")
+    text = f"{index.name}  {method}({', '.join(index.columns)})  " + " ".join(filter(None, flags))
+    return text.rstrip()
 
 
 def _pgvector_line(info: dict[str, Any]) -> str:

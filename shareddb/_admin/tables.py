@@ -1,0 +1,313 @@
+"""Every table of a database: its row count, its indexes, and the namespace that created it.
+
+Use `list_tables()` to show or walk the tables of a database (``shareddb status``), and
+`table_namespaces()` alone to learn which migration namespace created which table
+without touching a database. Read-only: nothing here writes.
+
+Which namespace created a table is read from the migration files, not the database
+(which keeps no such record): each namespace's files are split into statements with
+the runner's splitter and scanned, in the order the runner applies them, for
+``CREATE TABLE``, ``DROP TABLE`` and ``ALTER TABLE … RENAME TO``. A table no file
+creates (made by hand, by another tool, or by ``VectorStorage(db, table=…)`` at run
+time) has namespace None: unknown.
+
+PostgreSQL lists the tables of the connection's ``current_schema()`` (the first schema
+of its ``search_path`` that exists); SQLite those of the main database.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from collections.abc import Iterable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any, Final
+
+from psycopg import sql
+
+from shareddb._core.types import EngineKind, PgConnection
+from shareddb._engines.base import Engine
+from shareddb._engines.sqlite.vector_search import quote_identifier
+from shareddb._migrations.files import SHAREDDB_NAMESPACE, MigrationFile
+from shareddb._migrations.sqlsplit import split_postgres, split_sqlite
+
+# Above this many rows by the planner's estimate (pg_class.reltuples, kept by ANALYZE and
+# autovacuum), PostgreSQL's count is that estimate: an exact count(*) reads the whole table.
+ESTIMATE_ABOVE: Final = 1_000_000
+
+# Tables shareddb creates outside migration files (the runner's ledger).
+_BUILTIN_TABLES: Final = ("schema_migrations",)
+
+
+@dataclass(frozen=True)
+class IndexSummary:
+    """One index of a table, as the catalog describes it.
+
+    `columns` are the key columns in order (an expression's text where the key is
+    one on PostgreSQL; ``<expression>`` on SQLite, whose catalog doesn't say);
+    `method` is the access method on PostgreSQL (``btree``, ``hnsw``, ``gin``, …) and
+    None on SQLite; `definition` the ``CREATE INDEX`` statement, or None for an index
+    SQLite made for a constraint.
+    """
+
+    name: str
+    columns: tuple[str, ...]
+    unique: bool
+    primary: bool
+    partial: bool
+    method: str | None
+    definition: str | None
+
+
+@dataclass(frozen=True)
+class TableInfo:
+    """One table: its row count, its indexes, and the namespace whose migrations created it.
+
+    `rows` is exact unless `rows_estimated` (PostgreSQL tables estimated above
+    `ESTIMATE_ABOVE` rows), and None when it can't be counted (a SQLite virtual table
+    whose module is not loaded). `namespace` is None when no migration file creates it.
+    """
+
+    name: str
+    namespace: str | None
+    rows: int | None
+    rows_estimated: bool
+    indexes: tuple[IndexSummary, ...]
+
+
+def list_tables(
+    engine: Engine[Any], files: Sequence[MigrationFile], *, conn: Any = None
+) -> list[TableInfo]:
+    """Every table of the database, by name, with its rows, indexes and namespace.
+
+    :param files: the migration files of every namespace in use, in the order they
+        are applied (``discover_all(migration_folders(kind, schema_dirs))``): they say
+        which namespace created which table.
+    :param conn: a connection of `engine` to read through (for example inside
+        ``engine.reading()``); by default one is taken for the call.
+    """
+    with nullcontext(conn) if conn is not None else engine.reading() as c:
+        if engine.kind == "postgres":
+            return _postgres_tables(c, files)
+        return _sqlite_tables(c, files)
+
+
+def table_namespaces(
+    files: Iterable[MigrationFile], kind: EngineKind, *, schema: str | None = None
+) -> dict[str, str]:
+    """``{table: namespace}`` for the tables the migration files leave behind.
+
+    Keys are table names as the catalog spells them on PostgreSQL (unquoted names
+    folded to lower case) and lower-cased on SQLite, whose names ignore case; look
+    names up with `table_key()`. On PostgreSQL a name qualified with a schema other
+    than `schema` (the one listed) is not counted; on SQLite one qualified with a
+    schema other than ``main``, and temporary tables, are not.
+    """
+    owners: dict[str, str] = {}
+    split = split_postgres if kind == "postgres" else split_sqlite
+    local = {"main"} if kind == "sqlite" else ({schema} if schema else set())
+    for migration in files:
+        for statement in split(migration.text):
+            _track(statement.text, migration.namespace, kind, local, owners)
+    for name in _BUILTIN_TABLES:
+        owners.setdefault(table_key(name, kind), SHAREDDB_NAMESPACE)
+    return owners
+
+
+def table_key(name: str, kind: EngineKind) -> str:
+    """The key of table `name` (as the catalog spells it) in `table_namespaces()`."""
+    return name.lower() if kind == "sqlite" else name
+
+
+# -- reading migration files -------------------------------------------------------------
+
+_IDENT = r'(?:"(?:[^"]|"")*"|`(?:[^`]|``)*`|\[[^\]]*\]|[^\W\d][\w$]*)'
+_NAME = rf"{_IDENT}(?:\s*\.\s*{_IDENT})?"
+_CREATE = re.compile(
+    r"CREATE\s+(?:OR\s+REPLACE\s+)?(?:(?:GLOBAL|LOCAL)\s+)?"
+    r"(?P<temp>(?:TEMP|TEMPORARY)\s+)?(?:UNLOGGED\s+)?(?:VIRTUAL\s+)?TABLE\s+"
+    rf"(?P<maybe>IF\s+NOT\s+EXISTS\s+)?(?P<name>{_NAME})",
+    re.IGNORECASE,
+)
+_DROP = re.compile(
+    rf"DROP\s+TABLE\s+(?:IF\s+EXISTS\s+)?(?P<names>{_NAME}(?:\s*,\s*{_NAME})*)", re.IGNORECASE
+)
+_RENAME = re.compile(
+    rf"ALTER\s+TABLE\s+(?:IF\s+EXISTS\s+)?(?:ONLY\s+)?(?P<name>{_NAME})\s+RENAME\s+TO\s+"
+    rf"(?P<new>{_IDENT})",
+    re.IGNORECASE,
+)
+_PART = re.compile(rf"\s*({_IDENT})\s*([.,]?)")
+
+
+def _track(
+    text: str, namespace: str, kind: EngineKind, local: set[str], owners: dict[str, str]
+) -> None:
+    """Apply one statement's effect on which tables exist to `owners`."""
+    if match := _CREATE.match(text):
+        name = _local_name(_names(match["name"], kind)[0], kind, local)
+        # CREATE TABLE IF NOT EXISTS of a table an earlier file made leaves it theirs.
+        if name is not None and not match["temp"] and not (match["maybe"] and name in owners):
+            owners[name] = namespace
+    elif match := _RENAME.match(text):
+        old = _local_name(_names(match["name"], kind)[0], kind, local)
+        if old is not None and old in owners:
+            owners[table_key(_names(match["new"], kind)[0][-1], kind)] = owners.pop(old)
+    elif match := _DROP.match(text):
+        for parts in _names(match["names"], kind):
+            name = _local_name(parts, kind, local)
+            if name is not None:
+                owners.pop(name, None)
+
+
+def _names(text: str, kind: EngineKind) -> list[list[str]]:
+    """``a.b, c`` -> ``[["a", "b"], ["c"]]``, identifiers unquoted (and folded on PostgreSQL)."""
+    names: list[list[str]] = [[]]
+    for match in _PART.finditer(text):
+        names[-1].append(_unquote(match.group(1), kind))
+        if match.group(2) == ",":
+            names.append([])
+    return [parts for parts in names if parts]
+
+
+def _local_name(parts: list[str], kind: EngineKind, local: set[str]) -> str | None:
+    """The key of a possibly schema-qualified name, or None when it is in another schema."""
+    if len(parts) > 1:
+        schema = parts[0].lower() if kind == "sqlite" else parts[0]
+        if schema not in local:
+            return None
+    return table_key(parts[-1], kind)
+
+
+def _unquote(ident: str, kind: EngineKind) -> str:
+    if ident[0] == '"':
+        return ident[1:-1].replace('""', '"')
+    if ident[0] == "`":
+        return ident[1:-1].replace("``", "`")
+    if ident[0] == "[":
+        return ident[1:-1]
+    return ident.lower() if kind == "postgres" else ident  # PostgreSQL folds unquoted names
+
+
+# -- PostgreSQL -----------------------------------------------------------------------------
+
+_PG_TABLES: Final = """\
+SELECT c.oid, c.relname, c.reltuples::float8, n.nspname
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p') AND NOT c.relispartition
+ORDER BY c.relname"""
+
+_PG_INDEXES: Final = """\
+SELECT ix.indrelid, i.relname, ix.indisunique, ix.indisprimary, ix.indpred IS NOT NULL,
+       am.amname, pg_get_indexdef(ix.indexrelid),
+       ARRAY(SELECT pg_get_indexdef(ix.indexrelid, k, true)
+             FROM generate_series(1, ix.indnkeyatts) AS k ORDER BY k)
+FROM pg_index ix
+JOIN pg_class i ON i.oid = ix.indexrelid
+JOIN pg_am am ON am.oid = i.relam
+WHERE ix.indrelid = ANY(%s)
+ORDER BY i.relname"""
+
+
+def _postgres_tables(conn: PgConnection, files: Sequence[MigrationFile]) -> list[TableInfo]:
+    tables = conn.execute(_PG_TABLES).fetchall()
+    if not tables:
+        return []
+    schema = str(tables[0][3])
+    owners = table_namespaces(files, "postgres", schema=schema)
+    indexes: dict[int, list[IndexSummary]] = {}
+    for relid, name, unique, primary, partial, method, definition, columns in conn.execute(
+        _PG_INDEXES, ([t[0] for t in tables],)
+    ):
+        indexes.setdefault(relid, []).append(
+            IndexSummary(
+                name=name,
+                columns=tuple(columns),
+                unique=bool(unique),
+                primary=bool(primary),
+                partial=bool(partial),
+                method=str(method),
+                definition=str(definition),
+            )
+        )
+    result = []
+    for relid, name, reltuples, _ in tables:
+        estimated = reltuples is not None and reltuples >= ESTIMATE_ABOVE
+        if estimated:
+            rows = int(reltuples)
+        else:
+            query = sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, name))
+            row = conn.execute(query).fetchone()
+            rows = int(row[0]) if row is not None else 0
+        result.append(
+            TableInfo(
+                name=name,
+                namespace=owners.get(table_key(name, "postgres")),
+                rows=rows,
+                rows_estimated=estimated,
+                indexes=tuple(indexes.get(relid, ())),
+            )
+        )
+    return result
+
+
+# -- SQLite ---------------------------------------------------------------------------------
+
+_SQLITE_TABLES: Final = (
+    "SELECT name FROM sqlite_master WHERE type = 'table' "
+    "AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name"
+)
+_SQLITE_INDEXES: Final = (
+    'SELECT l.name, l."unique", l.origin, l.partial, m.sql '
+    "FROM pragma_index_list(?) AS l LEFT JOIN sqlite_master AS m "
+    "ON m.type = 'index' AND m.name = l.name ORDER BY l.name"
+)
+_SQLITE_INDEX_COLUMNS: Final = (
+    "SELECT cid, name FROM pragma_index_xinfo(?) WHERE key = 1 ORDER BY seqno"
+)
+
+
+def _sqlite_tables(conn: sqlite3.Connection, files: Sequence[MigrationFile]) -> list[TableInfo]:
+    owners = table_namespaces(files, "sqlite")
+    result = []
+    for (name,) in conn.execute(_SQLITE_TABLES).fetchall():
+        try:
+            row = conn.execute("SELECT count(*) FROM " + quote_identifier(name)).fetchone()
+            rows: int | None = int(row[0])
+        except sqlite3.OperationalError:  # a virtual table whose module is not loaded
+            rows = None
+        result.append(
+            TableInfo(
+                name=name,
+                namespace=owners.get(table_key(name, "sqlite")),
+                rows=rows,
+                rows_estimated=False,
+                indexes=tuple(_sqlite_indexes(conn, name)),
+            )
+        )
+    return result
+
+
+def _sqlite_indexes(conn: sqlite3.Connection, table: str) -> list[IndexSummary]:
+    found = []
+    for name, unique, origin, partial, definition in conn.execute(
+        _SQLITE_INDEXES, (table,)
+    ).fetchall():
+        columns = tuple(
+            # cid -1 is the rowid, -2 an expression (whose text only the definition has).
+            str(col) if col is not None else ("rowid" if cid == -1 else "<expression>")
+            for cid, col in conn.execute(_SQLITE_INDEX_COLUMNS, (name,))
+        )
+        found.append(
+            IndexSummary(
+                name=name,
+                columns=columns,
+                unique=bool(unique),
+                primary=origin == "pk",
+                partial=bool(partial),
+                method=None,
+                definition=definition,
+            )
+        )
+    return found
