@@ -1,4 +1,4 @@
-"""``shareddb copy``: sessions and embeddings from one database to another (idempotent)."""
+"""``shareddb copy``: sessions, embeddings and application tables between databases."""
 
 from __future__ import annotations
 
@@ -6,14 +6,23 @@ import argparse
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from shareddb.cli.common import EXIT_OK, UsageError, checked_url, duration, emit_json, plural
+from shareddb.cli.common import (
+    EXIT_OK,
+    UsageError,
+    checked_url,
+    duration,
+    emit_json,
+    plural,
+    schema_dirs,
+)
 
 if TYPE_CHECKING:
     from shareddb._admin.copy import CopyReport, CopyResult
 
-HELP = "copy sessions and embeddings between two databases (idempotent)"
+HELP = "copy sessions, embeddings and application tables between two databases (idempotent)"
 
 
 class _Refused(argparse.Action):
@@ -42,8 +51,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--batch-size", type=int, default=1000, help="rows per transaction [default: %(default)s]"
     )
-    tables = ["sessions", "task_embeddings"]  # copy.TABLES, imported only when it runs
-    parser.add_argument("--only", choices=tables, help="copy one table only")
+    parser.add_argument(
+        "--schema-dir",
+        action="append",
+        metavar="NAMESPACE=FOLDER",
+        help="an application's migrations: copy the tables they created (repeatable)",
+    )
+    parser.add_argument(
+        "--table",
+        action="append",
+        dest="app_tables",
+        metavar="NAME",
+        help="also copy this table of the application's (repeatable)",
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        metavar="TABLE",
+        help="copy only this table (repeatable): sessions, task_embeddings, or an "
+        "application table",
+    )
     parser.add_argument(
         "--overwrite",
         action="store_true",
@@ -67,10 +94,18 @@ def run(args: argparse.Namespace) -> int:
     source, dest = checked_url(args.source, "--from"), checked_url(args.dest, "--to")
     if not 1 <= args.batch_size <= copy.MAX_BATCH:
         raise UsageError(f"--batch-size {args.batch_size} must be from 1 to {copy.MAX_BATCH:,}")
+    unknown = [t for t in args.only or () if t not in copy.TABLES]
+    if unknown and not args.schema_dir and not args.app_tables:
+        raise UsageError(
+            f"--only: unknown table {unknown[0]!r}; copy knows {', '.join(copy.TABLES)}, and "
+            "the tables of --schema-dir namespaces and --table"
+        )
     report = copy.copy_rows(
         args.source,
         args.dest,
-        tables=[args.only] if args.only else list(copy.TABLES),
+        tables=args.only,
+        schema_dirs=namespaces(args),
+        app_tables=args.app_tables or (),
         batch_size=args.batch_size,
         timeout=args.timeout,
         overwrite=args.overwrite,
@@ -90,11 +125,17 @@ def run(args: argparse.Namespace) -> int:
                     "migrations": report.migrations,
                 },
                 "tables": [{**asdict(r), "written": r.written} for r in report.tables],
+                "skipped": report.skipped,
             }
         )
         return EXIT_OK
     _print_report(report, dest.masked)
     return EXIT_OK
+
+
+def namespaces(args: argparse.Namespace) -> dict[str, Path]:
+    """The application namespaces whose tables to copy: the one place they come from."""
+    return {namespace: Path(folder) for namespace, folder in schema_dirs(args).items()}
 
 
 def _print_report(report: CopyReport, dest: str) -> None:
@@ -116,6 +157,8 @@ def _print_report(report: CopyReport, dest: str) -> None:
             )
     for r in report.tables:
         print(_table_line(r, report.dry_run))
+    for reason in report.skipped:
+        print(f"skipped {reason}")
     kept = sum(r.kept for r in report.tables)
     if kept:
         print(
@@ -126,8 +169,9 @@ def _print_report(report: CopyReport, dest: str) -> None:
 
 def _table_line(r: CopyResult, dry_run: bool) -> str:
     written = f"would write {r.written:,}" if dry_run else f"{r.written:,} written"
+    name = r.table if r.namespace in (None, "shareddb") else f"{r.table} ({r.namespace})"
     line = (
-        f"{r.table}: {r.read:,} read, {written} ({r.inserted:,} new, {r.updated:,} updated), "
+        f"{name}: {r.read:,} read, {written} ({r.inserted:,} new, {r.updated:,} updated), "
         f"{r.unchanged:,} unchanged"
     )
     if r.kept:
