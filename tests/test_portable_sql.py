@@ -729,3 +729,12 @@ def test_sqlite_asks_for_a_statements_column_types_once(sqlite_db: DbService) ->
         "SELECT moment, doc FROM portable WHERE id = 1",
         "COMMIT",
     ]
+
+
+def test_calls_open_a_closed_service_on_demand(db_url: str) -> None:
+    db = DbService(db_url)
+    try:
+        assert db.query_value("SELECT :x AS x", {"x": "opened"}) == "opened"
+        assert "open" in repr(db)
+    finally:
+        db.close()

@@ -76,7 +76,7 @@ class SqliteStatements(Statements):
         with self._connection(conn, parsed) as c:
             cursor = c.execute(parsed.text, values)
             try:
-                if cursor.description is not None:
+                if parsed.writes and cursor.description is not None:
                     cursor.fetchall()  # RETURNING: sqlite3 counts the rows once they are read
                 return self.affected(parsed, _changes(c, parsed, cursor.rowcount))
             finally:
