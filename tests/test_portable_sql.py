@@ -213,6 +213,24 @@ def test_sqlite_placeholders_follow_sqlites_own_lexer(sql: str, names: tuple[str
 
 
 @pytest.mark.parametrize(
+    ("sql", "verb", "reads_only"),
+    [
+        ("select 1", "SELECT", True),
+        ("(SELECT 1) UNION (SELECT 2)", "SELECT", True),
+        ("WITH a AS (SELECT 1), b AS (SELECT 2) SELECT * FROM a, b", "SELECT", True),
+        ("VALUES (1), (2)", "VALUES", True),
+        ("-- a comment\n/* another */ insert into t values (1)", "INSERT", False),
+        ("WITH old AS (SELECT 1) DELETE FROM t", "DELETE", False),
+        ("CREATE TABLE t (x int)", "", False),
+    ],
+)
+def test_the_scan_tells_what_a_statement_does(sql: str, verb: str, reads_only: bool) -> None:
+    for dialect in ("postgres", "sqlite"):
+        parsed = parse(sql, dialect)  # type: ignore[arg-type]
+        assert (parsed.verb, parsed.reads_only) == (verb, reads_only)
+
+
+@pytest.mark.parametrize(
     ("sql", "dialect", "message"),
     [
         ("SELECT * FROM t WHERE a = ?", "sqlite", "another style"),

@@ -100,6 +100,7 @@ class Parsed:
 class _Scan:
     params: list[tuple[int, int, str]]  # start, end, name
     words: list[tuple[int, int, str]]  # top-level words: start, end, upper-case text
+    first: str  # the first word at any depth: SELECT in (SELECT ...) UNION (SELECT ...)
     semicolon: int | None  # the first top-level semicolon
 
 
@@ -118,7 +119,7 @@ def _parse(sql: str, dialect: EngineKind) -> Parsed:
     scan = _scan(sql, dialect)
     names = tuple(dict.fromkeys(name for _, _, name in scan.params))
     words = [w for _, _, w in scan.words]
-    first = words[0] if words else ""
+    first = scan.first
     verb = first if first in _VERBS else ""
     if first == "WITH":
         verb = next((w for w in words if w in _VERBS), "")
@@ -194,6 +195,7 @@ def _scan(sql: str, dialect: EngineKind) -> _Scan:
     params: list[tuple[int, int, str]] = []
     words: list[tuple[int, int, str]] = []
     semicolon: int | None = None
+    first = ""
     depth = 0
     n = len(sql)
     i = 0
@@ -240,8 +242,9 @@ def _scan(sql: str, dialect: EngineKind) -> _Scan:
         else:  # a word, a keyword or a number
             if depth == 0:
                 words.append((i, match.end(), found.upper()))
+            first = first or found.upper()
             i = match.end()
-    return _Scan(params, words, semicolon)
+    return _Scan(params, words, first, semicolon)
 
 
 def _is_e_prefix(sql: str, i: int) -> bool:
