@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager
+from functools import cached_property
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
@@ -22,6 +23,7 @@ from shareddb._engines import Engine, engine_for
 from shareddb._migrations.files import MigrationFile, discover_all, migration_folders
 from shareddb._migrations.ledger import MigrationInfo, MigrationReport, OnApplied, status, verify
 from shareddb._migrations.runner import apply_pending
+from shareddb._sql.statements import DEFAULT_BATCH_SIZE, Statements, statements_for
 from shareddb.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -175,6 +177,86 @@ class DbService:
                 vectors.upsert("md#253", embedding, conn=conn)
         """
         return self._engine.transaction()
+
+    # -- portable statements -----------------------------------------------------------
+
+    @cached_property
+    def _statements(self) -> Statements:
+        return statements_for(self._engine)
+
+    def execute(
+        self, sql: str, params: Mapping[str, Any] | None = None, *, conn: Connection | None = None
+    ) -> int:
+        """Run one statement with ``:name`` placeholders on either engine; the rows it wrote.
+
+        The same text runs on SQLite and PostgreSQL (see "Portable SQL" in the README
+        for the value types and column types)::
+
+            db.execute("UPDATE tasks SET status = :status WHERE id = :id",
+                       {"status": "done", "id": "md#253"})
+
+        Returns the rows inserted, updated or deleted, or -1 for any other statement.
+        Without `conn` the statement is a transaction of its own; with the connection of
+        a ``db.transaction()`` block it joins it. A ``:name`` without a value, a value
+        without a ``:name``, or a value of another type raises InvalidArgumentError
+        before anything runs; errors of the SQL itself are the driver's
+        (``sqlite3.Error``, ``psycopg.Error``). Use `connection()` for SQL of one engine.
+        """
+        return self._statements.execute(sql, params, conn)
+
+    def executemany(
+        self,
+        sql: str,
+        seq_of_params: Iterable[Mapping[str, Any]],
+        *,
+        conn: Connection | None = None,
+    ) -> int:
+        """Run one statement once per dict of values, all or nothing; the rows written.
+
+        Every dict is checked before the first row runs. Without `conn` the rows commit
+        together in one transaction (pipelined on PostgreSQL).
+        """
+        return self._statements.executemany(sql, seq_of_params, conn)
+
+    def query(
+        self, sql: str, params: Mapping[str, Any] | None = None, *, conn: Connection | None = None
+    ) -> list[dict[str, Any]]:
+        """Every row of a statement as a dict keyed by column name.
+
+        Values come back typed on both engines (on SQLite from the declared type of
+        each column). For results too large for memory use `iter_query()`.
+        """
+        return self._statements.query(sql, params, conn)
+
+    def query_one(
+        self, sql: str, params: Mapping[str, Any] | None = None, *, conn: Connection | None = None
+    ) -> dict[str, Any] | None:
+        """The first row of a statement as a dict, or None when there is none."""
+        return self._statements.query_one(sql, params, conn)
+
+    def query_value(
+        self, sql: str, params: Mapping[str, Any] | None = None, *, conn: Connection | None = None
+    ) -> Any:
+        """The first column of the first row (``SELECT count(*) ...``), or None without a row."""
+        return self._statements.query_value(sql, params, conn)
+
+    def iter_query(
+        self,
+        sql: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        conn: Connection | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> Iterator[dict[str, Any]]:
+        """The rows of a SELECT as dicts, streamed `batch_size` at a time.
+
+        PostgreSQL reads through a server-side cursor in a transaction; SQLite fetches
+        in batches. Either way the connection is held until the iterator is exhausted or
+        closed (on SQLite other threads wait for it), so iterate to the end or use
+        ``with contextlib.closing(db.iter_query(...)) as rows:``. The SQL and values are
+        checked at the call; the statement runs on the first ``next()``.
+        """
+        return self._statements.iter_query(sql, params, conn, batch_size)
 
     # -- schema ------------------------------------------------------------------------
 
