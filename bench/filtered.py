@@ -288,30 +288,40 @@ def direct_statement(case: Case, ef_search: int | None, k: int) -> str:
     if case.condition is None:
         return scan_statement(ef_search, k, None, settings)
     settings.append(SET_ITERATIVE)
-    # The index scan's rows, or, when it found fewer than k, an exact scan's (its fallback).
-    approximate = scan_statement(ef_search, k, case.condition, settings, tie=True)
+    # The index scan's rows, or, when it found fewer than k, an exact scan's (its fallback);
+    # both read the query vector, sent once, from shareddb_query.
+    query = "(SELECT v FROM shareddb_query)"
+    approximate = scan_statement(ef_search, k, case.condition, settings, query=query, tie=True)
     exact = (
-        f'SELECT qualified_task_id, embedding <=> %s AS distance, id AS tie FROM "{TABLE}" '
-        f"WHERE dimension = {DIM} AND {case.condition} ORDER BY distance, id LIMIT {k}"
+        f"SELECT qualified_task_id, embedding <=> {query} AS distance, id AS tie "
+        f'FROM "{TABLE}" WHERE dimension = {DIM} AND {case.condition} '
+        f"ORDER BY distance, id LIMIT {k}"
     )
     return (
-        f"WITH approximate AS MATERIALIZED ({approximate}), "
-        "found AS (SELECT count(*) AS n FROM approximate) "
+        "WITH shareddb_query AS (SELECT %s AS v), "
+        f"shareddb_approximate AS MATERIALIZED ({approximate}), "
+        "shareddb_found AS (SELECT count(*) AS n FROM shareddb_approximate) "
         "SELECT qualified_task_id, distance FROM ("
-        "SELECT qualified_task_id, distance, tie FROM approximate "
-        f"WHERE (SELECT n FROM found) >= {k} UNION ALL "
+        "SELECT qualified_task_id, distance, tie FROM shareddb_approximate "
+        f"WHERE (SELECT n FROM shareddb_found) >= {k} UNION ALL "
         f"SELECT qualified_task_id, distance, tie FROM ({exact}) AS e "
-        f"WHERE (SELECT n FROM found) < {k}) AS u ORDER BY distance + 0, tie"
+        f"WHERE (SELECT n FROM shareddb_found) < {k}) AS u ORDER BY distance + 0, tie"
     )
 
 
 def scan_statement(
-    ef_search: int | None, k: int, condition: str | None, settings: list[str], *, tie: bool = False
+    ef_search: int | None,
+    k: int,
+    condition: str | None,
+    settings: list[str],
+    *,
+    query: str = "%s",
+    tie: bool = False,
 ) -> str:
     """The HNSW scan: its settings applied in a LATERAL subquery, re-sorted when filtered."""
     where = f"dimension = {DIM}" + ("" if condition is None else f" AND {condition}")
     inner = (
-        f"SELECT qualified_task_id, (embedding::vector({DIM})) <=> %s AS distance"
+        f"SELECT qualified_task_id, (embedding::vector({DIM})) <=> {query} AS distance"
         f'{", id AS tie" if tie else ""} FROM "{TABLE}" WHERE {where}'
     )
     if not settings:
@@ -319,8 +329,8 @@ def scan_statement(
     resort = "" if condition is None else " ORDER BY r.distance + 0"
     return (
         f"SELECT r.qualified_task_id, r.distance{', r.tie' if tie else ''} "
-        f"FROM (SELECT concat({', '.join(settings)})) "
-        f"AS s(applied), LATERAL ({inner} AND s.applied IS NOT NULL ORDER BY distance "
+        f"FROM (SELECT concat({', '.join(settings)})) AS shareddb_settings(applied), "
+        f"LATERAL ({inner} AND shareddb_settings.applied IS NOT NULL ORDER BY distance "
         f"LIMIT {k}) AS r{resort}"
     )
 
@@ -353,11 +363,11 @@ class DirectClient:
     def params(self, query: np.ndarray) -> list[Any]:
         if not self.filtered:
             return [*self.prefix, query]
-        return [*self.prefix, query, *self.suffix, query, *self.suffix]  # and the fallback's
+        return [query, *self.prefix, *self.suffix, *self.suffix]  # the fallback's too
 
     def short_scans(self, queries: Sequence[np.ndarray]) -> int:
         """How many of `queries` the index scan alone answers with fewer than k rows."""
-        params = [[*self.prefix, query, *self.suffix] for query in queries]
+        params = [[*self.prefix, query, *self.suffix] for query in queries]  # scan alone
         return sum(
             len(self.cursor.execute(self.scan, p, prepare=False).fetchall()) < self.k
             for p in params

@@ -551,6 +551,29 @@ def test_table_names_must_be_plain_identifiers(db: DbService, table: Any) -> Non
         VectorStorage(db, table=table)
 
 
+@pytest.mark.parametrize("table", ["sessions", "pg_x", "sqlite_x", "shareddb_approximate"])
+def test_reserved_table_names_are_refused(db: DbService, table: str) -> None:
+    with pytest.raises(InvalidArgumentError, match="is reserved"):
+        VectorStorage(db, table=table)
+
+
+@pytest.mark.parametrize("name", ["approximate", "found", "query", "r", "u", "e", "s", "t", "g"])
+def test_tables_named_like_a_search_statements_parts_search_filtered(
+    db: DbService, name: str
+) -> None:
+    """The statement's own parts (CTEs, aliases) never shadow the table."""
+    custom = VectorStorage(db, table=name)
+    custom.create_table()
+    custom.upsert_many(
+        ([f"md#{i}" for i in range(20)], np.eye(20, 4, dtype=np.float32) + 0.1),
+        metadata=[{"odd": i % 2 == 1} for i in range(20)],
+    )
+    found = custom.search([1.0, 0.0, 0.0, 0.0], 3, where={"odd": False})
+    assert len(found) == 3
+    assert found[0].qualified_task_id == "md#0"
+    assert len(custom.search_by_id("md#0", 30, where={"odd": False})) == 9
+
+
 def test_errors_belong_to_the_shareddb_family(vectors: VectorStorage) -> None:
     for call in (
         lambda: vectors.upsert("", [1.0]),

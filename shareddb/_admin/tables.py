@@ -17,7 +17,6 @@ of its ``search_path`` that exists); SQLite those of the main database.
 
 from __future__ import annotations
 
-import re
 import sqlite3
 from collections.abc import Iterable, Sequence
 from contextlib import nullcontext
@@ -29,8 +28,8 @@ from psycopg import sql
 from shareddb._core.types import EngineKind, PgConnection
 from shareddb._engines.base import Engine
 from shareddb._engines.sqlite.vector_search import quote_identifier
+from shareddb._migrations.created_tables import walk_tables
 from shareddb._migrations.files import SHAREDDB_NAMESPACE, MigrationFile
-from shareddb._migrations.sqlsplit import split_postgres, split_sqlite
 
 # Above this many rows by the planner's estimate (pg_class.reltuples, kept by ANALYZE and
 # autovacuum), PostgreSQL's count is that estimate: an exact count(*) reads the whole table.
@@ -102,14 +101,14 @@ def table_namespaces(
     folded to lower case) and lower-cased on SQLite, whose names ignore case; look
     names up with `table_key()`. On PostgreSQL a name qualified with a schema other
     than `schema` (the one listed) is not counted; on SQLite one qualified with a
-    schema other than ``main``, and temporary tables, are not.
+    schema other than ``main`` is not.
     """
-    owners: dict[str, str] = {}
-    split = split_postgres if kind == "postgres" else split_sqlite
     local = {"main"} if kind == "sqlite" else ({schema} if schema else set())
-    for migration in files:
-        for statement in split(migration.text):
-            _track(statement.text, migration.namespace, kind, local, owners)
+    owners: dict[str, str] = {}
+    for table in walk_tables(files, kind):
+        qualifier = table.schema
+        if qualifier is None or table_key(qualifier, kind) in local:
+            owners.setdefault(table_key(table.name, kind), table.namespace)
     for name in _BUILTIN_TABLES:
         owners.setdefault(table_key(name, kind), SHAREDDB_NAMESPACE)
     return owners
@@ -118,76 +117,6 @@ def table_namespaces(
 def table_key(name: str, kind: EngineKind) -> str:
     """The key of table `name` (as the catalog spells it) in `table_namespaces()`."""
     return name.lower() if kind == "sqlite" else name
-
-
-# -- reading migration files -------------------------------------------------------------
-
-_IDENT = r'(?:"(?:[^"]|"")*"|`(?:[^`]|``)*`|\[[^\]]*\]|[^\W\d][\w$]*)'
-_NAME = rf"{_IDENT}(?:\s*\.\s*{_IDENT})?"
-_CREATE = re.compile(
-    r"CREATE\s+(?:OR\s+REPLACE\s+)?(?:(?:GLOBAL|LOCAL)\s+)?"
-    r"(?P<temp>(?:TEMP|TEMPORARY)\s+)?(?:UNLOGGED\s+)?(?:VIRTUAL\s+)?TABLE\s+"
-    rf"(?P<maybe>IF\s+NOT\s+EXISTS\s+)?(?P<name>{_NAME})",
-    re.IGNORECASE,
-)
-_DROP = re.compile(
-    rf"DROP\s+TABLE\s+(?:IF\s+EXISTS\s+)?(?P<names>{_NAME}(?:\s*,\s*{_NAME})*)", re.IGNORECASE
-)
-_RENAME = re.compile(
-    rf"ALTER\s+TABLE\s+(?:IF\s+EXISTS\s+)?(?:ONLY\s+)?(?P<name>{_NAME})\s+RENAME\s+TO\s+"
-    rf"(?P<new>{_IDENT})",
-    re.IGNORECASE,
-)
-_PART = re.compile(rf"\s*({_IDENT})\s*([.,]?)")
-
-
-def _track(
-    text: str, namespace: str, kind: EngineKind, local: set[str], owners: dict[str, str]
-) -> None:
-    """Apply one statement's effect on which tables exist to `owners`."""
-    if match := _CREATE.match(text):
-        name = _local_name(_names(match["name"], kind)[0], kind, local)
-        # CREATE TABLE IF NOT EXISTS of a table an earlier file made leaves it theirs.
-        if name is not None and not match["temp"] and not (match["maybe"] and name in owners):
-            owners[name] = namespace
-    elif match := _RENAME.match(text):
-        old = _local_name(_names(match["name"], kind)[0], kind, local)
-        if old is not None and old in owners:
-            owners[table_key(_names(match["new"], kind)[0][-1], kind)] = owners.pop(old)
-    elif match := _DROP.match(text):
-        for parts in _names(match["names"], kind):
-            name = _local_name(parts, kind, local)
-            if name is not None:
-                owners.pop(name, None)
-
-
-def _names(text: str, kind: EngineKind) -> list[list[str]]:
-    """``a.b, c`` -> ``[["a", "b"], ["c"]]``, identifiers unquoted (and folded on PostgreSQL)."""
-    names: list[list[str]] = [[]]
-    for match in _PART.finditer(text):
-        names[-1].append(_unquote(match.group(1), kind))
-        if match.group(2) == ",":
-            names.append([])
-    return [parts for parts in names if parts]
-
-
-def _local_name(parts: list[str], kind: EngineKind, local: set[str]) -> str | None:
-    """The key of a possibly schema-qualified name, or None when it is in another schema."""
-    if len(parts) > 1:
-        schema = parts[0].lower() if kind == "sqlite" else parts[0]
-        if schema not in local:
-            return None
-    return table_key(parts[-1], kind)
-
-
-def _unquote(ident: str, kind: EngineKind) -> str:
-    if ident[0] == '"':
-        return ident[1:-1].replace('""', '"')
-    if ident[0] == "`":
-        return ident[1:-1].replace("``", "`")
-    if ident[0] == "[":
-        return ident[1:-1]
-    return ident.lower() if kind == "postgres" else ident  # PostgreSQL folds unquoted names
 
 
 # -- PostgreSQL -----------------------------------------------------------------------------

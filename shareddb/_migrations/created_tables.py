@@ -1,22 +1,26 @@
-"""Which tables a namespace's migration files leave behind, read from their SQL.
+"""Which tables migration files leave behind, read from their SQL.
 
-Used by ``shareddb copy`` to find an application's tables: the files a database's
-ledger says were applied are read in version order, and every ``CREATE TABLE``
-adds a name, ``DROP TABLE`` removes it and ``ALTER TABLE … RENAME TO`` renames it.
+The files are read in the order they are applied, and every ``CREATE TABLE`` adds a
+table, ``DROP TABLE`` removes it and ``ALTER TABLE … RENAME TO`` renames it; a
+``CREATE TABLE IF NOT EXISTS`` of a table an earlier file made leaves it that file's.
 What the SQL does not say plainly is not seen: tables created inside a function or
-``DO`` block, ``CREATE TEMP`` / ``VIRTUAL`` / ``FOREIGN`` tables (left out on
-purpose). Name such a table with ``shareddb copy --table``.
+``DO`` block; ``CREATE TEMP`` and ``FOREIGN`` tables are left out on purpose.
+``shareddb copy`` finds an application's tables with `created_tables` (name others with
+``--table``); ``shareddb status`` tells which namespace created a table with
+`walk_tables`.
 
 Names come back as the database stores them: a quoted name as written, an unquoted
 one folded to lower case on PostgreSQL and kept as written on SQLite (whose names
-are case-insensitive; compare them with `same_table`). A schema qualifier is
-dropped: tables are looked up on the connection's search path (``main`` on SQLite).
+are case-insensitive; compare them with `same_table`). A table is matched by its
+name alone: a schema qualifier is kept in `CreatedTable.schema` for the caller to
+judge.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from typing import NamedTuple
 
 from shareddb._core.types import EngineKind
 from shareddb._migrations.files import MigrationFile, split_statements
@@ -24,16 +28,30 @@ from shareddb._migrations.sqlsplit import code_start
 
 _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*")
 _QUOTES = {'"': '"', "`": "`", "[": "]"}  # SQLite also takes `name` and [name]
-_SKIPPED = {"TEMP", "TEMPORARY", "VIRTUAL", "FOREIGN"}
+_SKIPPED = {"TEMP", "TEMPORARY", "FOREIGN"}
+
+
+class CreatedTable(NamedTuple):
+    """A table the files leave in place, and the namespace whose file created it."""
+
+    name: str
+    namespace: str
+    schema: str | None  # the qualifier it was created with (as stored), if any
+    virtual: bool  # SQLite's CREATE VIRTUAL TABLE
+
+
+def walk_tables(files: Iterable[MigrationFile], kind: EngineKind) -> list[CreatedTable]:
+    """The tables `files` (in the order applied) create and leave in place, in that order."""
+    tables: list[CreatedTable] = []
+    for migration in files:
+        for statement in split_statements(migration, kind):
+            _apply(statement.text, kind, migration.namespace, tables)
+    return tables
 
 
 def created_tables(files: Iterable[MigrationFile], kind: EngineKind) -> list[str]:
-    """The tables `files` (in order) create and leave in place, in the order created."""
-    tables: list[str] = []
-    for migration in files:
-        for statement in split_statements(migration, kind):
-            _apply(statement.text, kind, tables)
-    return tables
+    """The names of the ordinary tables `files` create and leave in place, in order."""
+    return [table.name for table in walk_tables(files, kind) if not table.virtual]
 
 
 def same_table(a: str, b: str, kind: EngineKind) -> bool:
@@ -41,34 +59,38 @@ def same_table(a: str, b: str, kind: EngineKind) -> bool:
     return a == b or (kind == "sqlite" and a.lower() == b.lower())
 
 
-def _apply(text: str, kind: EngineKind, tables: list[str]) -> None:
+def _apply(text: str, kind: EngineKind, namespace: str, tables: list[CreatedTable]) -> None:
     tokens = _Tokens(text, kind)
     first = tokens.word()
     if first == "CREATE":
-        while (word := tokens.word()) in {"GLOBAL", "LOCAL", "UNLOGGED", *_SKIPPED}:
+        virtual = False
+        while (word := tokens.word()) in {"GLOBAL", "LOCAL", "UNLOGGED", "VIRTUAL", *_SKIPPED}:
             if word in _SKIPPED:
                 return
+            virtual = virtual or word == "VIRTUAL"
         if word != "TABLE":
             return
         tokens.words("IF", "NOT", "EXISTS")
-        name = tokens.name()
-        if name is not None and not any(same_table(t, name, kind) for t in tables):
-            tables.append(name)
+        schema, name = tokens.qualified()
+        if name is not None and not any(same_table(t.name, name, kind) for t in tables):
+            tables.append(CreatedTable(name, namespace, schema, virtual))
     elif first == "DROP" and tokens.word() == "TABLE":
         tokens.words("IF", "EXISTS")
-        while (name := tokens.name()) is not None:
-            tables[:] = [t for t in tables if not same_table(t, name, kind)]
+        while (name := tokens.qualified()[1]) is not None:
+            tables[:] = [t for t in tables if not same_table(t.name, name, kind)]
             if not tokens.punct(","):
                 return
     elif first == "ALTER" and tokens.word() == "TABLE":
         tokens.words("IF", "EXISTS")
         tokens.words("ONLY")
-        old = tokens.name()
+        old = tokens.qualified()[1]
         if old is None or tokens.word() != "RENAME" or tokens.word() != "TO":
             return
-        new = tokens.name()
+        new = tokens.qualified()[1]
         if new is not None:
-            tables[:] = [new if same_table(t, old, kind) else t for t in tables]
+            tables[:] = [
+                t._replace(name=new) if same_table(t.name, old, kind) else t for t in tables
+            ]
 
 
 class _Tokens:
@@ -109,12 +131,12 @@ class _Tokens:
             return True
         return False
 
-    def name(self) -> str | None:
-        """A possibly schema-qualified name: its last part, as the database stores it."""
-        part = self._part()
-        while part is not None and self.punct("."):
-            part = self._part()
-        return part
+    def qualified(self) -> tuple[str | None, str | None]:
+        """A possibly schema-qualified name as (schema or None, name), as stored."""
+        parts = [self._part()]
+        while parts[-1] is not None and self.punct("."):
+            parts.append(self._part())
+        return (parts[-2] if len(parts) > 1 else None), parts[-1]
 
     def _part(self) -> str | None:
         if self._skip() is None:

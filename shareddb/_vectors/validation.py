@@ -34,7 +34,8 @@ MAX_PROBES: Final = 32_768  # pgvector's limit for ivfflat.probes and lists
 # Tables a VectorStorage must not use: shareddb's own other tables, and names the
 # databases reserve for their catalogs.
 _RESERVED_TABLES: Final = frozenset({"schema_migrations", "sessions", "shareddb_vector_versions"})
-_RESERVED_PREFIXES: Final = ("sqlite_", "pg_")
+# shareddb_: its own tables, and the names its search statements give their parts.
+_RESERVED_PREFIXES: Final = ("sqlite_", "pg_", "shareddb_")
 # Numeric kinds accepted: signed and unsigned integers and floats (not bool or complex).
 _NUMERIC_KINDS: Final = frozenset("iuf")
 _PLAIN_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
@@ -247,7 +248,7 @@ def check_table_name(value: object) -> str:
     if value.lower() in _RESERVED_TABLES or value.lower().startswith(_RESERVED_PREFIXES):
         raise InvalidArgumentError(
             f"table={value!r} is reserved (shareddb's own tables and names starting with "
-            "'sqlite_' or 'pg_' are not for embeddings); choose another name, e.g. "
+            "'sqlite_', 'pg_' or 'shareddb_' are not for embeddings); choose another name, e.g. "
             "'task_embeddings_v2'"
         )
     return value

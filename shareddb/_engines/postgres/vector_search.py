@@ -230,11 +230,13 @@ class PostgresSearch:
                 with_metadata=request.with_metadata,
             ),
         )
-        query = (request.by_id, request.by_id) if by_id else (request.query,)
-        scan = (*query, *condition_params)
-        if conditions and not exact:  # the statement's exact fallback takes them again
-            scan += scan
-        return statement, (*values, *scan), settings, tuple(values)
+        if conditions and not exact:  # the query once, the conditions for both scans
+            query = request.by_id if by_id else request.query
+            params = (query, *values, *condition_params, *condition_params)
+        else:
+            ids = (request.by_id, request.by_id) if by_id else (request.query,)
+            params = (*values, *ids, *condition_params)
+        return statement, params, settings, tuple(values)
 
     def explain(self, request: SearchRequest, conn: Connection | None) -> str:
         with (

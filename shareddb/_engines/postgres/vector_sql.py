@@ -226,9 +226,10 @@ def search_statement(
     """The search SELECT: nearest `k` rows of one dimension that meet `conditions`.
 
     Parameters, in order: the settings' values, the query vector (with `by_id`, the id
-    whose stored vector is the query, twice), then each condition's; a filtered
-    approximate search takes the query and the conditions' parameters a second time
-    (see below). ``WHERE dimension = d`` matches the partial index's predicate and the
+    whose stored vector is the query, twice), then each condition's. A filtered
+    approximate search (see below) takes the query vector (or the id, once) first,
+    then the settings' values, then the conditions' parameters twice.
+    ``WHERE dimension = d`` matches the partial index's predicate and the
     distance expression matches its expression, so the planner can scan the index in
     distance order. Exact searches order ties by id (insertion order), like SQLite.
 
@@ -249,28 +250,45 @@ def search_statement(
     when the index found k rows. One statement, one round trip, whichever answers.
     """
     if exact or not conditions:
+        query = QUERY_OF_ID.format(table=table) if by_id else QUERY_PARAMETER
         return _nearest_rows(
-            table, dimension, metric, k, exact, settings, conditions, by_id, with_metadata
+            table, dimension, metric, k, exact, settings, conditions, query, by_id, with_metadata
         )
+    # Both scans read the query vector (or the id's stored one) from one place: it is
+    # sent, and looked up, once.
+    given = QUERY_OF_ID.format(table=table) if by_id else QUERY_PARAMETER
+    query = sql.SQL("(SELECT v FROM shareddb_query)")
     metadata: LiteralString = ", metadata" if with_metadata else ""
-    exact_rows = _nearest_rows(
-        table, dimension, metric, k, True, (), conditions, by_id, with_metadata, tie=True
-    )
-    approximate = _nearest_rows(
-        table, dimension, metric, k, False, settings, conditions, by_id, with_metadata, tie=True
-    )
+    scans = [
+        _nearest_rows(
+            table,
+            dimension,
+            metric,
+            k,
+            exact,
+            these,
+            conditions,
+            query,
+            by_id,
+            with_metadata,
+            tie=True,
+        )
+        for exact, these in ((False, settings), (True, ()))
+    ]
     return sql.SQL(
-        "WITH approximate AS MATERIALIZED ({approximate}), "
-        "found AS (SELECT count(*) AS n FROM approximate) "
+        "WITH shareddb_query AS (SELECT {given} AS v), "
+        "shareddb_approximate AS MATERIALIZED ({approximate}), "
+        "shareddb_found AS (SELECT count(*) AS n FROM shareddb_approximate) "
         "SELECT {output} FROM ("
-        "SELECT {columns} FROM approximate WHERE (SELECT n FROM found) >= {k} "
-        "UNION ALL SELECT {columns} FROM ({exact_rows}) AS e WHERE (SELECT n FROM found) < {k}"
-        ") AS u ORDER BY distance + 0, tie"
+        "SELECT {columns} FROM shareddb_approximate WHERE (SELECT n FROM shareddb_found) >= {k} "
+        "UNION ALL SELECT {columns} FROM ({exact_rows}) AS e "
+        "WHERE (SELECT n FROM shareddb_found) < {k}) AS u ORDER BY distance + 0, tie"
     ).format(
-        approximate=approximate,
+        given=given,
+        approximate=scans[0],
         output=sql.SQL("qualified_task_id, distance" + metadata),
         columns=sql.SQL("qualified_task_id, distance, tie" + metadata),
-        exact_rows=exact_rows,
+        exact_rows=scans[1],
         k=sql.Literal(k),
     )
 
@@ -283,19 +301,19 @@ def _nearest_rows(
     exact: bool,
     settings: tuple[str, ...],
     conditions: Sequence[LiteralString],
+    query: sql.Composable,
     by_id: bool,
     with_metadata: bool,
     *,
     tie: bool = False,
 ) -> sql.Composed:
     """One scan of `search_statement`: the nearest `k` rows, approximate or exact."""
-    query = QUERY_OF_ID.format(table=table) if by_id else QUERY_PARAMETER
     first: list[sql.Composable] = [sql.SQL("dimension = {d}").format(d=sql.Literal(dimension))]
     if by_id:  # no rows at all (not rows at a NULL distance) when the id is missing
         first.append(sql.SQL("{q} IS NOT NULL").format(q=query))
     where = sql.SQL(" AND ").join([*first, *map(sql.SQL, conditions)])
     if settings:
-        where = where + sql.SQL(" AND s.applied IS NOT NULL")
+        where = where + sql.SQL(" AND shareddb_settings.applied IS NOT NULL")
     order = sql.SQL("distance, id") if exact else sql.SQL("distance")
     metadata: LiteralString = ", metadata" if with_metadata else ""
     extra = sql.SQL((", id AS tie" if tie else "") + metadata)
@@ -315,8 +333,8 @@ def _nearest_rows(
     resort = sql.SQL(" ORDER BY r.distance + 0") if "iterative" in settings else sql.SQL("")
     outer_extra = sql.SQL((", r.tie" if tie else "") + (", r.metadata" if with_metadata else ""))
     return sql.SQL(
-        "SELECT r.qualified_task_id, r.distance{extra} FROM (SELECT {applied}) AS s(applied), "
-        "LATERAL ({inner}) AS r{resort}"
+        "SELECT r.qualified_task_id, r.distance{extra} "
+        "FROM (SELECT {applied}) AS shareddb_settings(applied), LATERAL ({inner}) AS r{resort}"
     ).format(extra=outer_extra, applied=settings_expression(settings), inner=inner, resort=resort)
 
 
