@@ -298,7 +298,7 @@ def direct_statement(case: Case, ef_search: int | None, k: int) -> str:
         f"ORDER BY distance, id LIMIT {k}"
     )
     return (
-        "WITH shareddb_query AS (SELECT %s AS v), "
+        "WITH shareddb_query AS (SELECT %s::vector AS v), "
         f"shareddb_approximate AS MATERIALIZED ({approximate}), "
         "shareddb_found AS (SELECT count(*) AS n FROM shareddb_approximate) "
         "SELECT qualified_task_id, distance FROM ("

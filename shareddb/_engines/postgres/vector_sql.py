@@ -276,7 +276,7 @@ def search_statement(
         for exact, these in ((False, settings), (True, ()))
     ]
     return sql.SQL(
-        "WITH shareddb_query AS (SELECT {given} AS v), "
+        "WITH shareddb_query AS (SELECT {given}::vector AS v), "
         "shareddb_approximate AS MATERIALIZED ({approximate}), "
         "shareddb_found AS (SELECT count(*) AS n FROM shareddb_approximate) "
         "SELECT {output} FROM ("
