@@ -20,6 +20,8 @@ import numpy as np
 from shareddb._core.types import Connection
 from shareddb._vectors.batches import EmbeddingItem, checked_ids, iter_batches, row_fields
 from shareddb._vectors.request import (
+    DEFAULT_EF_CONSTRUCTION,
+    DEFAULT_M,
     NO_FILTER,
     RowFilter,
     index_request,
@@ -479,8 +481,8 @@ class VectorStorage:
         *,
         method: Method = "hnsw",
         metric: Metric = "cosine",
-        m: int = 16,
-        ef_construction: int = 64,
+        m: int = DEFAULT_M,
+        ef_construction: int = DEFAULT_EF_CONSTRUCTION,
         lists: int | None = None,
         concurrently: bool = False,
         conn: Connection | None = None,

@@ -124,7 +124,7 @@ def test_create_with_other_parameters_than_the_existing_index_exits_1(
     before = vector_indexes(pg)
     code, out, err = run(capsys, "create", "--dimension", "3", "--m", "8", "--url", pg)
     assert code == 1
-    assert f"index {HNSW_3} exists with m=16 ef_construction=64, not m=8" in err
+    assert f"index {HNSW_3} exists with m=16, ef_construction=64, not m=8" in err
     assert f"shareddb index drop {HNSW_3}" in err
     assert "Traceback" not in err and out == ""
     assert vector_indexes(pg) == before

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from shareddb._vectors.filters import Filter, parse_filter
 from shareddb._vectors.validation import (
@@ -128,6 +128,11 @@ def search_request(
         by_id,
         bool(with_metadata),
     )
+
+
+# HNSW build parameters when none are given (pgvector's own defaults).
+DEFAULT_M: Final = 16
+DEFAULT_EF_CONSTRUCTION: Final = 64
 
 
 class IndexRequest(NamedTuple):

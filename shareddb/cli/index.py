@@ -19,7 +19,12 @@ from shareddb._admin.doctor import not_created
 from shareddb._admin.progress import Progress
 from shareddb._core.service import DbService
 from shareddb._core.url import DbTarget, parse_url
-from shareddb._vectors.request import IndexRequest, index_request
+from shareddb._vectors.request import (
+    DEFAULT_EF_CONSTRUCTION,
+    DEFAULT_M,
+    IndexRequest,
+    index_request,
+)
 from shareddb._vectors.validation import check_table_name, vector_index_name
 from shareddb.cli.common import EXIT_OK, UsageError, duration, emit_json, service, target_url
 from shareddb.cli.status import _describe_index
@@ -29,9 +34,6 @@ from shareddb.vectors import DEFAULT_TABLE, IndexInfo, VectorStorage
 HELP = "list, build and drop vector indexes (PostgreSQL)"
 
 SQLITE_EXACT = "SQLite has no vector indexes: every search there is exact (numpy over all rows)"
-# VectorStorage.create_index's defaults: the CLI passes m / ef_construction only when given.
-DEFAULT_M = 16
-DEFAULT_EF_CONSTRUCTION = 64
 
 
 def add_arguments(parser: argparse.ArgumentParser, *parents: argparse.ArgumentParser) -> None:
@@ -129,9 +131,7 @@ def _list(args: argparse.Namespace, vectors: VectorStorage) -> int:
 
 def _create(args: argparse.Namespace, vectors: VectorStorage, request: IndexRequest) -> int:
     name = vector_index_name(vectors.table, request.method, request.metric, request.dimension)
-    existing = _find(vectors, name)
-    if existing is not None and existing.valid:
-        _check_same_build(existing, request)
+    existing = _find(vectors, name)  # create_index refuses one built with other parameters
     db = vectors.db
     progress = Progress(sys.stderr, detail=db.engine.index_build_progress)
     started = time.perf_counter()
@@ -253,26 +253,6 @@ def _storage(db: DbService, table: str) -> VectorStorage:
         )
         raise InvalidArgumentError(f"table {table!r} does not exist in {db.url}", fix=fix)
     return VectorStorage(db, table=table)
-
-
-def _check_same_build(existing: IndexInfo, request: IndexRequest) -> None:
-    """InvalidArgumentError when `existing` was built with other parameters than asked."""
-    if request.method == "hnsw":
-        asked = {"m": request.m, "ef_construction": request.ef_construction}
-    elif request.lists is not None:
-        asked = {"lists": request.lists}
-    else:
-        return  # IVFFlat without --lists takes the lists it was built with
-    if all(existing.parameters.get(k) == v for k, v in asked.items()):
-        return
-
-    def show(parameters: dict[str, int]) -> str:
-        return " ".join(f"{k}={v}" for k, v in parameters.items())
-
-    raise InvalidArgumentError(
-        f"index {existing.name} exists with {show(existing.parameters)}, not {show(asked)}",
-        fix=f"run: shareddb index drop {existing.name}, then create it again",
-    )
 
 
 def _find(vectors: VectorStorage, name: str) -> IndexInfo | None:

@@ -190,7 +190,8 @@ class PostgresIndexes:
             if existing.valid:
                 raise InvalidArgumentError(
                     f"index {name} exists with {_describe(existing.parameters)}, not "
-                    f"{_describe(parameters)}; drop_index({name!r}) first to rebuild it"
+                    f"{_describe(parameters)}",
+                    fix=f"drop_index({name!r}) first to rebuild it (shareddb index drop {name})",
                 )
             logger.warning("dropping invalid index %s (a failed CONCURRENTLY build)", name)
             self._drop(c, existing, concurrently)

@@ -12,6 +12,7 @@ from typing import Any, Final, LiteralString
 
 from psycopg import sql
 
+from shareddb._vectors.request import DEFAULT_EF_CONSTRUCTION, DEFAULT_M
 from shareddb._vectors.validation import (
     MAX_HALFVEC_INDEX_DIMENSION,
     MAX_VECTOR_INDEX_DIMENSION,
@@ -26,7 +27,7 @@ OPCLASS_SUFFIX: Final[dict[str, LiteralString]] = {
 }
 METRIC_OF_OPCLASS: Final = {"cosine": "cosine", "l2": "l2", "ip": "inner_product"}
 DEFAULT_EF_SEARCH: Final = 40  # pgvector's default hnsw.ef_search
-DEFAULT_HNSW = {"m": 16, "ef_construction": 64}
+DEFAULT_HNSW = {"m": DEFAULT_M, "ef_construction": DEFAULT_EF_CONSTRUCTION}
 DEFAULT_IVFFLAT_LISTS: Final = 100
 
 STAGING: Final = sql.Identifier("shareddb_vector_staging")
