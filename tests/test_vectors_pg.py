@@ -30,6 +30,7 @@ from psycopg import sql
 
 from shareddb import DbService, InvalidArgumentError, VectorStorage
 from shareddb._engines.postgres import index_build as _index_build
+from shareddb._engines.postgres import vector_search
 from shareddb._vectors import batches as _vector_batches
 
 pytestmark = pytest.mark.postgres
@@ -202,8 +203,9 @@ def test_two_dimensions_in_one_table_each_use_their_own_index(module_db: DbServi
 
 
 def test_filtered_search_returns_k_rows_where_a_plain_hnsw_scan_returns_fewer(
-    module_db: DbService,
+    module_db: DbService, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(vector_search, "EXACT_BELOW", 0)  # the index scan for every filter
     rng = np.random.default_rng(11)
     vectors = VectorStorage(module_db, table="filtered")
     vectors.create_table()
@@ -397,7 +399,12 @@ def count_round_trips(conn: psycopg.Connection[Any], work: Any) -> int:
         return sum(1 for line in trace if "\tReadyForQuery\t" in line)
 
 
-def test_search_and_single_writes_take_one_round_trip(pg_url: str) -> None:
+def test_search_and_single_writes_take_one_round_trip(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every filter takes the index scan here (none is counted as "few rows"), so that the
+    # scan's exact fallback runs inside the statement when it comes back short.
+    monkeypatch.setattr(vector_search, "EXACT_BELOW", 0)
     with DbService(pg_url, max_size=1) as db:
         db.initialize()
         vectors = VectorStorage(db)
@@ -430,7 +437,37 @@ def test_search_and_single_writes_take_one_round_trip(pg_url: str) -> None:
             "stale, 100k ids": lambda: vectors.stale({f"md#{i}": "h" for i in range(100_000)}),
         }
         for what, call in calls.items():
+            call()  # a filter's row count is read once, on its first search
             assert count_round_trips(held, call) == 1, what
+
+
+def test_filters_matching_few_rows_are_searched_exactly_after_one_count(pg_url: str) -> None:
+    rows = vector_search.EXACT_BELOW + 500
+    rng = np.random.default_rng(5)
+    matrix = rng.standard_normal((rows, 8)).astype(np.float32)
+    query = rng.standard_normal(8).astype(np.float32)
+    with DbService(pg_url, max_size=1) as db:
+        db.initialize()
+        vectors = VectorStorage(db)
+        labels = ["rare" if i % 100 == 0 else "common" for i in range(rows)]
+        vectors.upsert_many(
+            ([f"md#{i}" for i in range(rows)], matrix), metadata=[{"g": g} for g in labels]
+        )
+        vectors.create_index(8, metric="l2")
+        with db.connection() as held:
+            pass
+        rare = {"g": "rare"}
+        assert count_round_trips(held, lambda: vectors.search(query, 5, where=rare)) == 2
+        assert count_round_trips(held, lambda: vectors.search(query, 5, where=rare)) == 1
+        found = vectors.search(query, 5, metric="l2", where=rare)
+        kept = np.flatnonzero(np.array(labels) == "rare")
+        distances = np.linalg.norm(matrix[kept].astype(np.float64) - query, axis=1)
+        expected = kept[np.argsort(distances, kind="stable")[:5]]
+        assert [r.qualified_task_id for r in found] == [f"md#{e}" for e in expected]
+        plan = vectors.explain(query, 5, metric="l2", where=rare)
+        assert "hnsw" not in plan and "iterative_scan" not in plan  # an exact scan
+        broad = vectors.explain(query, 5, metric="l2", where={"g": "common"})
+        assert "iterative_scan = relaxed_order" in broad  # more rows: the index scan
 
 
 @pytest.mark.postgres

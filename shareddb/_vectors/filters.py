@@ -447,6 +447,23 @@ def _document(f: Filter) -> dict[str, Any]:
 # -- PostgreSQL ------------------------------------------------------------------------------
 
 
+def indexed(f: Filter) -> bool:
+    """Whether PostgreSQL's GIN index on metadata can find the rows `f` keeps.
+
+    Equality and $in are containment (``@>``), which the index serves; an AND needs one
+    such part, an OR all of them. Ranges, $exists and $not read every row.
+    """
+    if isinstance(f, Compare):
+        return f.op == "$eq"
+    if isinstance(f, In):
+        return True
+    if isinstance(f, And):
+        return any(map(indexed, f.parts))
+    if isinstance(f, Or):
+        return all(map(indexed, f.parts))
+    return False
+
+
 def to_postgres(f: Filter, column: LiteralString = "metadata") -> tuple[LiteralString, list[Any]]:
     """A boolean expression over a jsonb `column` with ``%s`` placeholders, and its params.
 

@@ -13,9 +13,11 @@ stop early: ``hnsw.max_scan_tuples``).
 from __future__ import annotations
 
 import functools
+import time
 from typing import TYPE_CHECKING, Any, Final, LiteralString
 
 import psycopg
+from psycopg import sql
 from psycopg.pq import TransactionStatus
 
 from shareddb._core.types import Connection, PgConnection
@@ -34,7 +36,7 @@ from shareddb._engines.postgres.vector_sql import (
     search_statement,
     settings_select,
 )
-from shareddb._vectors.filters import Filter, to_postgres
+from shareddb._vectors.filters import Filter, indexed, to_postgres
 from shareddb._vectors.request import RowFilter, SearchRequest
 from shareddb._vectors.results import SearchHit, SearchResult
 from shareddb._vectors.validation import query_dimension_mismatch
@@ -50,6 +52,17 @@ _search_result: Final = functools.partial(tuple.__new__, SearchResult)
 _search_hit: Final = functools.partial(tuple.__new__, SearchHit)
 
 Plan = tuple[bytes, tuple[Any, ...], tuple[str, ...], tuple[Any, ...]]
+
+# A filter matching fewer rows than this is searched exactly, over its matching rows (found
+# through the GIN index): measured at 100k x 384, an exact scan of 1,000 rows takes ~1 ms
+# where an HNSW scan filtering for them visits ~1,500 index tuples in 5-9 ms, and the exact
+# answer has every true neighbour. Where a filter keeps more rows, the HNSW scan wins.
+EXACT_BELOW: Final = 2000
+FILTER_COUNT_SECONDS: Final = 300.0
+MAX_FILTER_COUNTS: Final = 256
+COUNT_UP_TO: Final = sql.SQL(
+    "SELECT count(*) FROM (SELECT 1 FROM {table} WHERE {where} LIMIT {n}) AS matching"
+)
 
 
 def row_conditions(rows: RowFilter) -> tuple[tuple[LiteralString, ...], list[Any]]:
@@ -93,6 +106,8 @@ class PostgresSearch:
         # The table's dimensions as last seen: search_by_id writes the stored vector's
         # dimension into its statement (the partial index's predicate needs a literal).
         self._dimensions: list[int] | None = None
+        # How many rows each value filter matches, capped (see _few_match), and when.
+        self._counts: dict[tuple[Any, ...], tuple[int, float]] = {}
 
     def search(
         self, request: SearchRequest, conn: Connection | None
@@ -167,6 +182,37 @@ class PostgresSearch:
         statement = self._statements.simple("dimensions", DIMENSIONS)
         return [int(r[0]) for r in conn.execute(statement)]
 
+    def _few_match(self, conn: PgConnection, rows: RowFilter, dimension: int) -> bool:
+        """Whether fewer than `EXACT_BELOW` rows of `dimension` meet the value filters.
+
+        Only for filters an index finds (a backend, metadata equality or $in): a range
+        would have the exact scan read every row. Counted once per filter (up to
+        `EXACT_BELOW`, through that index) and remembered for `FILTER_COUNT_SECONDS`:
+        the planner can't tell, as its estimates for metadata filters are a default
+        share of the table. A stale answer only picks the slower of two correct plans.
+        """
+        if rows.backend is None and (rows.where is None or not indexed(rows.where)):
+            return False
+        key = (dimension, rows.backend, rows.model, rows.where)
+        now = time.monotonic()
+        known = self._counts.get(key)
+        if known is None or now - known[1] > FILTER_COUNT_SECONDS:
+            texts, params = row_conditions(rows._replace(dimension=dimension, exclude=()))
+            statement = self._statements.statement(
+                ("count_up_to", texts),
+                lambda: COUNT_UP_TO.format(
+                    table=self._statements.ident,
+                    where=sql.SQL(" AND ".join(texts)),
+                    n=sql.Literal(EXACT_BELOW),
+                ),
+            )
+            row = conn.execute(statement, params, prepare=False).fetchone()
+            known = (int(row[0]) if row else 0, now)
+            if len(self._counts) >= MAX_FILTER_COUNTS:
+                self._counts.pop(next(iter(self._counts)))
+            self._counts[key] = known
+        return known[0] < EXACT_BELOW
+
     def _iterative_scans(self, conn: PgConnection) -> bool:
         if self._iterative is None:
             version = self._engine.pgvector_version
@@ -186,6 +232,8 @@ class PostgresSearch:
             request.probes,
         )
         rows = request.rows
+        if not exact and self._few_match(conn, rows, dimension):
+            exact = True  # cheaper than an index scan, and every true neighbour
         if request.by_id is not None:
             rows = rows._replace(exclude=(*rows.exclude, request.by_id))
         conditions, condition_params = row_conditions(rows) if rows.narrows else ((), [])
