@@ -492,6 +492,27 @@ def test_without_conn_each_call_commits_on_its_own(table: DbService) -> None:
     assert table.query("SELECT id FROM portable") == [{"id": 1}]
 
 
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "INSERT INTO portable (id) VALUES (:id)",
+        "WITH one AS (SELECT 1) INSERT INTO portable (id) VALUES (:id)",  # SQLite: row by row
+    ],
+)
+def test_executemany_with_conn_is_all_or_nothing_and_the_callers_transaction_goes_on(
+    table: DbService, sql: str
+) -> None:
+    with table.connection() as conn:
+        table.execute("INSERT INTO portable (id) VALUES (0)", conn=conn)
+        with pytest.raises(Exception) as raised:
+            # The third row breaks the primary key: the first two are undone with it.
+            table.executemany(sql, [{"id": 1}, {"id": 2}, {"id": 1}], conn=conn)
+        assert not isinstance(raised.value, InvalidArgumentError)
+        assert table.query("SELECT id FROM portable", conn=conn) == [{"id": 0}]
+        table.execute("INSERT INTO portable (id) VALUES (3)", conn=conn)
+    assert table.query("SELECT id FROM portable ORDER BY id") == [{"id": 0}, {"id": 3}]
+
+
 def test_conn_of_another_kind_is_refused(table: DbService) -> None:
     with pytest.raises(InvalidArgumentError, match="is not a"):
         table.query("SELECT 1 AS one", conn=object())  # type: ignore[arg-type]
@@ -569,6 +590,39 @@ def test_closing_a_stream_early_gives_the_connection_back(db_url: str) -> None:
         assert seen == [10]
 
 
+def _mark_until(db: DbService, stop: int, *, fail: bool) -> None:
+    """Set count = 1 on each row an iter_query loop reaches; leave the loop at `stop`."""
+    for r in db.iter_query("SELECT id FROM portable ORDER BY id", batch_size=2):
+        db.execute("UPDATE portable SET count = 1 WHERE id = :id", {"id": r["id"]})
+        with contextlib.suppress(RuntimeError), db.transaction() as conn:
+            # A failed block inside the loop is undone on its own.
+            db.execute("UPDATE portable SET label = 'x' WHERE id = :id", r, conn=conn)
+            raise RuntimeError("undo this block only")
+        if r["id"] == stop:
+            if fail:
+                raise RuntimeError("leave the loop")
+            break
+
+
+@pytest.mark.parametrize("fail", [False, True], ids=["break", "raise"])
+def test_writes_inside_an_iter_query_loop_are_kept_however_the_loop_ends(
+    table: DbService, fail: bool
+) -> None:
+    table.executemany(
+        "INSERT INTO portable (id, count) VALUES (:id, 0)", [{"id": i} for i in range(5)]
+    )
+    with contextlib.suppress(RuntimeError):
+        _mark_until(table, 2, fail=fail)
+    assert table.query("SELECT id, count, label FROM portable ORDER BY id") == [
+        {"id": i, "count": int(i <= 2), "label": None} for i in range(5)
+    ]
+    # The connection is free again: a write from another thread goes through.
+    worker = threading.Thread(target=table.execute, args=("DELETE FROM portable",))
+    worker.start()
+    worker.join(10)
+    assert count(table) == 0
+
+
 @pytest.mark.postgres
 def test_iter_query_reads_through_a_server_side_cursor(pg_url: str) -> None:
     with DbService(pg_url) as db:
@@ -583,6 +637,88 @@ def test_iter_query_reads_through_a_server_side_cursor(pg_url: str) -> None:
             )
         assert pairs == [(1, 10), (2, 9)]
         assert cursors == 2
+
+
+# -- statements that would outlive the call on the connection ------------------------------
+
+# (statement, the kind the error names): each changes the session of the connection it
+# runs on, which a later call (or shareddb itself) would inherit.
+SESSION_STATEMENTS = [
+    ("SET search_path TO nowhere", "SET"),
+    ("set statement_timeout = 1", "SET"),
+    ("/* why */ -- because\n  SET\tTIME ZONE 'UTC'", "SET"),
+    ("SET SESSION search_path TO nowhere", "SET"),
+    ("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY", "SET"),
+    ("SET ROLE NONE", "SET"),
+    ('SET "search_path" TO nowhere', "SET"),
+    ("RESET ALL", "RESET"),
+    ("reset search_path", "RESET"),
+    ("DISCARD ALL", "DISCARD"),
+    ("PRAGMA query_only = ON", "PRAGMA"),
+    ("  pragma table_info(portable)", "PRAGMA"),
+    ("PREPARE q AS SELECT 1", "PREPARE"),
+    ("DEALLOCATE ALL", "DEALLOCATE"),
+    ("LISTEN jobs", "LISTEN"),
+    ("UNLISTEN *", "UNLISTEN"),
+    ("SELECT 1; SET search_path TO nowhere", "SET"),
+    ("SELECT 1 /* ; */; -- x\n PRAGMA query_only = ON;", "PRAGMA"),
+]
+
+
+@pytest.mark.parametrize(("sql", "kind"), SESSION_STATEMENTS)
+def test_statements_that_change_the_session_are_refused_by_every_call(
+    db_url: str, sql: str, kind: str
+) -> None:
+    # One connection, so that a leaked setting would reach the next call.
+    with DbService(db_url, min_size=1, max_size=1) as db:
+        db.initialize()
+        calls = [
+            lambda: db.execute(sql),
+            lambda: db.executemany(sql, [{}]),
+            lambda: db.query(sql),
+            lambda: db.query_one(sql),
+            lambda: db.query_value(sql),
+            lambda: db.iter_query(sql),
+        ]
+        for call in calls:
+            with pytest.raises(InvalidArgumentError) as raised:
+                call()
+            message = str(raised.value)
+            assert f"{kind} statement" in message
+            assert "SET LOCAL" in message and "db.connection()" in message
+        # Nothing reached the connection: shareddb's own table is found, and writes work.
+        assert db.query_value("SELECT count(*) FROM schema_migrations")
+        assert db.execute("CREATE TABLE after (x BIGINT)") == -1
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SET LOCAL search_path TO nowhere",
+        "set local statement_timeout = 1",
+        "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+        "SET CONSTRAINTS ALL DEFERRED",
+        "UPDATE portable SET label = 'reset'",
+        "SELECT 1 AS reset, 'SET x' AS pragma",
+        "-- SET search_path TO nowhere\nSELECT 1",
+        "/* PRAGMA query_only = ON; */ SELECT 1;",
+        "WITH s AS (SELECT 1) SELECT * FROM s",
+    ],
+)
+def test_statements_that_end_with_the_transaction_are_not_refused(sql: str) -> None:
+    for dialect in ("postgres", "sqlite"):
+        parse(sql, dialect)  # type: ignore[arg-type]
+
+
+@pytest.mark.postgres
+def test_set_local_inside_a_transaction_ends_with_it(pg_url: str) -> None:
+    with DbService(pg_url, min_size=1, max_size=1) as db:
+        db.initialize()
+        with db.transaction() as conn:
+            db.execute("SET LOCAL search_path TO nowhere", conn=conn)
+            assert db.query_value("SELECT current_setting('search_path')", conn=conn) == "nowhere"
+        assert db.query_value("SELECT current_setting('search_path')") != "nowhere"
+        assert db.query_value("SELECT count(*) FROM schema_migrations")
 
 
 # -- errors before anything is written -----------------------------------------------------

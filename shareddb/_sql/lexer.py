@@ -19,6 +19,16 @@ placeholder follows the engine:
   portable.
 
 Placeholder names are ASCII letters, digits and ``_``, not starting with a digit.
+
+Statements that change the *session* of the connection they run on are refused on
+both engines, by their first keyword (comments and blanks before it don't count),
+in every statement of the text: ``SET`` (but not ``SET LOCAL``, ``SET TRANSACTION``
+or ``SET CONSTRAINTS``, which end with the transaction), ``RESET``, ``DISCARD``,
+``PREPARE``, ``DEALLOCATE``, ``LISTEN``, ``UNLISTEN`` and SQLite's ``PRAGMA``. What
+they change would outlive the call: on PostgreSQL the pooled connection keeps it
+for later calls (and shareddb's own queries, after ``SET search_path``); on SQLite
+the one shared connection does. A function that changes settings
+(``set_config(..., false)``) is not seen: the check is of statements, not calls.
 The scan also notes what the SQLite engine needs to learn the declared types of
 a result (`Parsed.probe`).
 """
@@ -60,6 +70,12 @@ _TARGET: Final = re.compile(
 _ROW_VERBS: Final = frozenset({"SELECT", "VALUES"})
 _WRITE_VERBS: Final = frozenset({"INSERT", "REPLACE", "UPDATE", "DELETE", "MERGE"})
 _VERBS: Final = _ROW_VERBS | _WRITE_VERBS
+# Statements whose effect stays with the connection's session (see the module's text).
+_SESSION_VERBS: Final = frozenset(
+    {"SET", "RESET", "DISCARD", "PRAGMA", "PREPARE", "DEALLOCATE", "LISTEN", "UNLISTEN"}
+)
+# SET <this> ... lasts until the end of the transaction: not a session change.
+_TRANSACTION_SETS: Final = frozenset({"LOCAL", "TRANSACTION", "CONSTRAINTS"})
 
 STATEMENT_CACHE_SIZE: Final = 1024
 
@@ -102,6 +118,7 @@ class _Scan:
     words: list[tuple[int, int, str]]  # top-level words: start, end, upper-case text
     first: str  # the first word at any depth: SELECT in (SELECT ...) UNION (SELECT ...)
     semicolon: int | None  # the first top-level semicolon
+    heads: list[list[tuple[int, str]]]  # each statement's first two top-level words
 
 
 def parse(sql: object, dialect: EngineKind) -> Parsed:
@@ -117,6 +134,7 @@ def parse(sql: object, dialect: EngineKind) -> Parsed:
 @lru_cache(maxsize=STATEMENT_CACHE_SIZE)
 def _parse(sql: str, dialect: EngineKind) -> Parsed:
     scan = _scan(sql, dialect)
+    _refuse_session_changes(sql, scan.heads)
     names = tuple(dict.fromkeys(name for _, _, name in scan.params))
     words = [w for _, _, w in scan.words]
     first = scan.first
@@ -195,6 +213,7 @@ def _scan(sql: str, dialect: EngineKind) -> _Scan:
     params: list[tuple[int, int, str]] = []
     words: list[tuple[int, int, str]] = []
     semicolon: int | None = None
+    heads: list[list[tuple[int, str]]] = [[]]
     first = ""
     depth = 0
     n = len(sql)
@@ -236,15 +255,38 @@ def _scan(sql: str, dialect: EngineKind) -> _Scan:
             depth -= 1
             i += 1
         elif c == ";":
-            if depth == 0 and semicolon is None:
-                semicolon = i
+            if depth == 0:
+                semicolon = i if semicolon is None else semicolon
+                heads.append([])
             i += 1
         else:  # a word, a keyword or a number
             if depth == 0:
                 words.append((i, match.end(), found.upper()))
+                if len(heads[-1]) < 2:
+                    heads[-1].append((i, found.upper()))
             first = first or found.upper()
             i = match.end()
-    return _Scan(params, words, first, semicolon)
+    return _Scan(params, words, first, semicolon, heads)
+
+
+def _refuse_session_changes(sql: str, heads: list[list[tuple[int, str]]]) -> None:
+    """InvalidArgumentError for the first statement in `sql` that changes the session."""
+    for head in heads:
+        if not head or head[0][1] not in _SESSION_VERBS:
+            continue
+        at, kind = head[0]
+        if kind == "SET" and len(head) > 1 and head[1][1] in _TRANSACTION_SETS:
+            continue
+        what = "SET statements without LOCAL" if kind == "SET" else f"{kind} statements"
+        raise InvalidArgumentError(
+            f"the SQL runs {kind} ({_around(sql, at)}), and {what} change the session of the "
+            "connection they run on, which outlives the call (on PostgreSQL a pooled "
+            "connection keeps it for later calls and shareddb's own queries; on SQLite the "
+            "one shared connection does), so db.execute() and db.query() don't run them",
+            fix="for a setting of one transaction, run SET LOCAL inside "
+            "`with db.transaction() as conn:` with conn=conn; run engine-specific SQL "
+            "through db.connection(), and undo a session setting there before the block ends",
+        )
 
 
 def _is_e_prefix(sql: str, i: int) -> bool:

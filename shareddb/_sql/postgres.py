@@ -2,9 +2,12 @@
 
 A call without ``conn=`` runs on a pooled connection in autocommit mode: one
 statement is one transaction and one round trip. `executemany` (psycopg pipelines
-the rows) and `iter_query` run in a transaction of their own; `iter_query` reads
+the rows) and `iter_query` run in a transaction of their own; with ``conn=``,
+`executemany` runs in a savepoint of the caller's transaction (a failing row undoes
+the others and leaves the transaction usable, as on SQLite). `iter_query` reads
 through a server-side cursor, so only `batch_size` rows are in memory at a time and
-the connection stays checked out until the iterator ends or is closed.
+the connection stays checked out until the iterator ends or is closed; writes made
+inside its loop run on other pooled connections and commit on their own.
 
 Values come back as psycopg loads them (numeric as Decimal, json/jsonb parsed,
 vector as a float32 array, as on SQLite); timestamptz is returned in UTC, as on
@@ -26,7 +29,7 @@ from psycopg.postgres import types as pg_types
 from shareddb._core.types import Connection, PgConnection, PgCursor
 from shareddb._engines.base import Engine
 from shareddb._sql.lexer import Parsed
-from shareddb._sql.statements import Row, Statements
+from shareddb._sql.statements import MANY_SAVEPOINT, Row, Statements
 from shareddb._sql.values import POSTGRES_ENCODERS, Encoders
 
 _TIMESTAMPTZ_OID: Final = pg_types["timestamptz"].oid
@@ -54,7 +57,9 @@ class PostgresStatements(Statements):
     def _executemany(
         self, parsed: Parsed, rows: list[dict[str, Any]], conn: Connection | None
     ) -> int:
-        with self._connection(conn, transaction=True) as c, c.cursor() as cursor:
+        # With conn, a savepoint: a failing row undoes the others but leaves the caller's
+        # transaction usable, as on SQLite.
+        with self._pg.atomic(conn, MANY_SAVEPOINT) as c, c.cursor() as cursor:
             cursor.executemany(parsed.text, rows)
             return self.affected(parsed, cursor.rowcount)
 

@@ -3,8 +3,15 @@
 sqlite3 binds ``:name`` itself, so the SQL runs as written, on the engine's one
 shared connection: a read-only statement (SELECT, VALUES) in a read transaction
 that never waits for another process's writer, anything else in ``BEGIN
-IMMEDIATE``. `iter_query` fetches `batch_size` rows at a time and holds the
-connection (other threads wait) until the iterator ends or is closed.
+IMMEDIATE``; `executemany` with ``conn=`` in a savepoint of the caller's transaction,
+so a failing row undoes the others (all or nothing, as on PostgreSQL).
+
+`iter_query` fetches `batch_size` rows at a time and holds the connection (other
+threads wait) until the iterator ends or is closed. Its read transaction is open
+while the caller's loop runs, so writes made in the loop on the same thread
+become savepoints in it; it always ends with COMMIT (exhausted, closed early by a
+``break`` or an exception, or failed), so those writes are kept, as on PostgreSQL
+where they commit on their own. Other connections see them once the stream ends.
 
 **Typed reads.** SQLite stores five kinds of values; a timestamp, a date, JSON or a
 Decimal comes back as text or a number. The conversion back follows the *declared
@@ -40,7 +47,7 @@ from typing import Any, ClassVar, Final, TypeAlias
 from shareddb._core.types import Connection
 from shareddb._engines.base import Engine
 from shareddb._sql.lexer import Parsed
-from shareddb._sql.statements import Row, Statements
+from shareddb._sql.statements import MANY_SAVEPOINT, Row, Statements
 from shareddb._sql.values import SQLITE_ENCODERS, Decode, Encoders, decoder_for
 
 # (column position, conversion) for the columns of a result that have one.
@@ -65,11 +72,11 @@ class SqliteStatements(Statements):
         self._types: dict[str, Decoders] = {}
 
     def _connection(
-        self, conn: Connection | None, parsed: Parsed, *, many: bool = False
+        self, conn: Connection | None, parsed: Parsed
     ) -> AbstractContextManager[sqlite3.Connection]:
         if conn is not None:
             return nullcontext(self._sqlite.checked(conn))
-        if parsed.reads_only and not many:
+        if parsed.reads_only:
             return self._sqlite.reading()
         return self._sqlite.transaction()
 
@@ -86,7 +93,9 @@ class SqliteStatements(Statements):
     def _executemany(
         self, parsed: Parsed, rows: list[dict[str, Any]], conn: Connection | None
     ) -> int:
-        with self._connection(conn, parsed, many=True) as c:
+        # All or nothing in the caller's transaction too (a savepoint), as on PostgreSQL:
+        # sqlite3 would keep the rows before a failing one.
+        with self._sqlite.atomic(conn, MANY_SAVEPOINT) as c:
             if parsed.first == "WITH" and parsed.writes:
                 # sqlite3 counts only statements that start with their verb: one at a time.
                 return self.affected(parsed, sum(self._execute(parsed, r, c) for r in rows))
@@ -114,16 +123,40 @@ class SqliteStatements(Statements):
     def _stream(
         self, parsed: Parsed, values: dict[str, Any], conn: Connection | None, batch_size: int
     ) -> Iterator[Row]:
+        # The read transaction stays open while the caller's loop runs, and the loop's
+        # own writes on this thread (db.execute, db.transaction()) become savepoints in
+        # it. On PostgreSQL they commit on their own, so here the transaction always
+        # ends with COMMIT: neither closing the stream early (GeneratorExit, from a
+        # `break` or an exception in the loop) nor a failed read may undo them.
+        if conn is None:
+            # The result types in a block of their own: the probe's temporary view is a
+            # schema change, after which SQLite aborts pending reads on any ROLLBACK TO
+            # in the same transaction (a failed db.transaction() inside the loop).
+            with self._sqlite.reading() as c:
+                self._decoders(c, parsed)
+        failure: Exception | None = None
         with self._connection(conn, parsed) as c:
-            decoders = self._decoders(c, parsed)
-            cursor = c.execute(parsed.text, values)
             try:
-                names = [column[0] for column in cursor.description or ()]
-                while batch := cursor.fetchmany(batch_size):
-                    for row in _decoded(batch, decoders, len(names)):
-                        yield dict(zip(names, row, strict=True))
-            finally:
-                cursor.close()
+                yield from self._fetched(c, parsed, values, batch_size)
+            except GeneratorExit:
+                pass  # closed early: end the block normally; the generator then returns
+            except Exception as e:
+                failure = e
+        if failure is not None:
+            raise failure
+
+    def _fetched(
+        self, c: sqlite3.Connection, parsed: Parsed, values: dict[str, Any], batch_size: int
+    ) -> Iterator[Row]:
+        decoders = self._decoders(c, parsed)
+        cursor = c.execute(parsed.text, values)
+        try:
+            names = [column[0] for column in cursor.description or ()]
+            while batch := cursor.fetchmany(batch_size):
+                for row in _decoded(batch, decoders, len(names)):
+                    yield dict(zip(names, row, strict=True))
+        finally:
+            cursor.close()
 
     # -- declared types ------------------------------------------------------------------
 

@@ -30,6 +30,8 @@ Row: TypeAlias = dict[str, Any]
 
 # Rows fetched per round trip by iter_query() (server-side cursor or fetchmany).
 DEFAULT_BATCH_SIZE: Final = 1000
+# executemany(conn=...) runs in a savepoint of this name: all rows or none, on both engines.
+MANY_SAVEPOINT: Final = "shareddb_executemany"
 
 
 class Statements(ABC):
@@ -114,7 +116,12 @@ class Statements(ABC):
     def _executemany(
         self, parsed: Parsed, rows: list[dict[str, Any]], conn: Connection | None
     ) -> int:
-        """Run one statement per row, all or nothing; the rows written."""
+        """Run one statement per row, all or nothing; the rows written.
+
+        Without `conn` in a transaction of its own; with it in a savepoint
+        (`MANY_SAVEPOINT`), so that a failing row undoes the others and the caller's
+        transaction goes on, the same on both engines.
+        """
 
     @abstractmethod
     def _rows(
