@@ -77,6 +77,7 @@ from psycopg import sql
 
 from shareddb import DbService
 from shareddb._engines.postgres.vector_search import EXACT_BELOW
+from shareddb._vectors.filters import indexed, parse_filter
 from shareddb.vectors import VectorStorage
 
 TABLE = "task_embeddings"
@@ -283,12 +284,19 @@ class ShareddbClient:
         pass
 
 
+def searched_exactly(case: Case) -> bool:
+    """shareddb counts an indexed filter's rows once: fewer than EXACT_BELOW, an exact scan."""
+    if case.condition is None:
+        return False
+    return len(case.rows) < EXACT_BELOW and indexed(parse_filter(case.where))
+
+
 def direct_statement(case: Case, ef_search: int | None, k: int) -> str:
     """shareddb's search statement for `case`, written by hand (one round trip)."""
     settings = [] if ef_search is None else [SET_EF_SEARCH]
     if case.condition is None:
         return scan_statement(ef_search, k, None, settings)
-    if len(case.rows) < EXACT_BELOW:  # shareddb counts the filter's rows: few, so exact
+    if searched_exactly(case):
         return (
             f'SELECT qualified_task_id, embedding <=> %s AS distance FROM "{TABLE}" '
             f"WHERE dimension = {DIM} AND {case.condition} ORDER BY distance, id LIMIT {k}"
@@ -365,7 +373,7 @@ class DirectClient:
         self.prefix = [] if ef_search is None else [str(max(ef_search, self.k))]
         self.suffix = case.params
         self.filtered = case.condition is not None
-        self.exact = self.filtered and len(case.rows) < EXACT_BELOW
+        self.exact = searched_exactly(case)
 
     def params(self, query: np.ndarray) -> list[Any]:
         if not self.filtered:

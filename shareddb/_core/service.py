@@ -214,7 +214,8 @@ class DbService:
         """Run one statement once per dict of values, all or nothing; the rows written.
 
         Every dict is checked before the first row runs. Without `conn` the rows commit
-        together in one transaction (pipelined on PostgreSQL).
+        together in one transaction (pipelined on PostgreSQL); with it they run in a
+        savepoint, so a failing row undoes the others and the caller's transaction goes on.
         """
         return self._statements.executemany(sql, seq_of_params, conn)
 
