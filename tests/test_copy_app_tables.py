@@ -600,3 +600,33 @@ def test_sqlite_declared_types_name_their_kind() -> None:
         "": "other",
     }
     assert {t: sqlite_kind(t) for t in kinds} == kinds
+
+
+# -- review findings: the configuration's namespaces, JSON null, timestamps, numeric ---------
+
+
+def test_the_configurations_namespaces_are_copied_and_unlisted_ones_are_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source, dest = f"sqlite:///{tmp_path}/app.db", f"sqlite:///{tmp_path}/other.db"
+    folder = filled((source, dest), tmp_path, rows=3)
+    # Without the namespace: shareddb's tables only, and the app's namespace named.
+    bare = run_copy_report(source, dest)
+    assert [t["table"] for t in bare["tables"]] == ["sessions", "task_embeddings"]
+    assert bare["unlisted_namespaces"] == ["myapp"]
+    text = run_cli("copy", "--from", source, "--to", dest)
+    assert text.returncode == 0, text.stderr
+    assert "not copied: the tables of namespace 'myapp'" in text.stdout
+    assert "--schema-dir myapp=FOLDER" in text.stdout
+
+    # [db.schema_dirs] in the configuration: the app's tables come along, nothing unlisted.
+    config = tmp_path / "config.toml"
+    config.write_text(f'[db.schema_dirs]\nmyapp = "{folder}"\n')
+    monkeypatch.setenv("SHAREDDB_CONFIG", str(config))
+    report = run_copy_report(source, dest)
+    assert by_table(report)["tasks"] == (3, 3, 0, 0, 0)
+    assert report["unlisted_namespaces"] == []
+    assert_same_tasks(source, dest)
+    text = run_cli("copy", "--from", source, "--to", dest, "--only", "tasks")
+    assert text.returncode == 0, text.stderr
+    assert "tasks (myapp): 3 read, 0 written" in text.stdout and "not copied" not in text.stdout

@@ -5,7 +5,8 @@
 ``schema_migrations`` shows applied: the files of that namespace the ledger lists are
 read in version order and their ``CREATE TABLE`` / ``DROP TABLE`` / ``ALTER TABLE …
 RENAME TO`` statements followed (`created_tables`). A namespace the source never
-applied moves nothing and is reported as skipped. The destination is initialized
+applied moves nothing and is reported as skipped; a namespace the source applied but
+that was not given is reported too (`unlisted_namespaces`). The destination is initialized
 with the same namespaces first, so they are present there too. Tables named with
 ``--table`` are added as they are. shareddb's own tables are never app tables.
 
@@ -132,6 +133,16 @@ def find_tables(
     for f in found:
         unique.setdefault(_folded(f.name, source.kind), f)
     return list(unique.values()), skipped
+
+
+def unlisted_namespaces(source: Engine[Any], schema_dirs: Mapping[str, Path]) -> list[str]:
+    """The application namespaces the source applied that `schema_dirs` does not name.
+
+    Their tables are not copied (copy can't know which they are without the
+    migrations), so the report names them: nothing is left behind without a word.
+    """
+    applied = {r.namespace for r in source.read_ledger() or []}
+    return sorted(applied - set(schema_dirs) - {SHAREDDB_NAMESPACE})
 
 
 def shareddb_tables(kind: EngineKind) -> set[str]:
@@ -287,4 +298,11 @@ def _pair_names(
     return pairs, [s for s in source if s not in pairs], left
 
 
-__all__ = ["AppTable", "Found", "check_tables", "find_tables", "shareddb_tables"]
+__all__ = [
+    "AppTable",
+    "Found",
+    "check_tables",
+    "find_tables",
+    "shareddb_tables",
+    "unlisted_namespaces",
+]
