@@ -558,8 +558,8 @@ def test_values_take_the_destination_columns_form_or_are_refused_saying_why() ->
         "2025-01-31T09:00:00.000001+00:00"
     )
     # A JSON string from jsonb is a JSON value; from SQLite, text to parse.
-    assert pg_to_sqlite("json", "json").common("a").text == '"a"'
-    assert pg_to_sqlite("text", "json").common({"b": 1, "a": 2}) == '{"a":2,"b":1}'
+    assert pg_to_sqlite("json", "json").common('"a"').text == '"a"'
+    assert pg_to_sqlite("text", "json").common('{"b": 1, "a": 2}') == '{"a":2,"b":1}'
     assert sqlite_to_pg("json").common('{"b": 1, "a": 2}') == sqlite_to_pg("json").common(
         '{"a":2,"b":1.0}'
     )
@@ -630,3 +630,22 @@ def test_the_configurations_namespaces_are_copied_and_unlisted_ones_are_named(
     text = run_cli("copy", "--from", source, "--to", dest, "--only", "tasks")
     assert text.returncode == 0, text.stderr
     assert "tasks (myapp): 3 read, 0 written" in text.stdout and "not copied" not in text.stdout
+
+
+def test_a_json_null_stays_json_null_and_sql_null_stays_sql_null(
+    ends: tuple[str, str], tmp_path: Path
+) -> None:
+    source, dest = ends
+    folder = filled(ends, tmp_path, rows=1)
+    run_sql(source, "INSERT INTO {} ({}, {}) VALUES ('json null', 'null')", HOSTILE, NOTE, DATA)
+    copy(source, dest, folder)
+    as_text = "SELECT {}, CAST({} AS TEXT) FROM {}"
+    stored = dict(run_sql(dest, as_text, NOTE, DATA, HOSTILE))
+    assert stored["json null"] == "null"  # JSON's null, not SQL's NULL
+    assert stored[None] is None  # and SQL's NULL is no JSON null
+    before = dict(run_sql(source, as_text, NOTE, DATA, HOSTILE))
+    assert {k: v if v is None else json.loads(v) for k, v in before.items()} == {
+        k: v if v is None else json.loads(v) for k, v in stored.items()
+    }
+    again = copy(source, dest, folder)
+    assert by_table(again)[HOSTILE] == (4, 0, 0, 0, 4)

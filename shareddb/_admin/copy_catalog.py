@@ -89,6 +89,21 @@ class Catalog(ABC):
     def idents(self, names: Sequence[str]) -> Part:
         return self.join([self.ident(n) for n in names])
 
+    def reads(self, table: TableInfo, names: Sequence[str]) -> Part:
+        """The select list reading `names` of `table`: JSON columns as their text.
+
+        On PostgreSQL psycopg would decode a jsonb ``null`` to None, the same as SQL's
+        NULL; read as text the two stay apart (`copy_values.Column` parses the text).
+        """
+        return self.join(
+            [
+                self.sql("{}::text", self.ident(n))
+                if self.kind == "postgres" and table.column(n).kind == "json"
+                else self.ident(n)
+                for n in names
+            ]
+        )
+
     def marks(self, n: int) -> Part:
         return self.join([self.sql("%s")] * n)
 

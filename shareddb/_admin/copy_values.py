@@ -4,7 +4,9 @@ A copy reads a row on one engine, compares it with the destination's row of the 
 key and writes what differs, so every value has three forms: as the source's driver
 reads it, the *common* form (compared), and the destination driver's parameter.
 The destination column's `Kind` decides the common form; only JSON needs to know
-the source's too (psycopg hands over jsonb already decoded, SQLite hands over text).
+the source's too: a PostgreSQL json/jsonb column is read as its text (`::text`, so
+that a JSON ``null`` is not SQL's NULL, as psycopg's decoding would make it) and
+parsed here, SQLite's JSON text is parsed as any text is.
 
 ======================  ==============================  ====================================
 kind (destination)      common form                     written as (PostgreSQL / SQLite)
@@ -166,8 +168,9 @@ def read_time(engine: Engine[Any], value: Any) -> datetime:
 class Column:
     """One copied column: the source's value into the common form, that into a parameter.
 
-    `kind` and `dimension` are the destination's; `decoded` says the source's driver
-    hands over JSON already decoded (a json/jsonb column read by psycopg).
+    `kind` and `dimension` are the destination's; `decoded` says the source's value
+    is a JSON value, given as its text (a json/jsonb column read as text on
+    PostgreSQL: `Catalog.reads`), `dest_decoded` the same of the destination's.
     """
 
     __slots__ = ("decoded", "dest", "dest_decoded", "dimension", "kind", "same_engine")
@@ -189,11 +192,19 @@ class Column:
 
     def common(self, value: Any) -> Any:
         """A source value in the common form (BadValue when it has no place here)."""
-        return None if value is None else _COMMON[self.kind](self, value, self.decoded)
+        if value is None:
+            return None
+        if self.decoded:
+            value = _json_value(value)
+        return _COMMON[self.kind](self, value, self.decoded)
 
     def existing(self, value: Any) -> Any:
         """A destination value (as its driver reads it) in the common form."""
-        return None if value is None else _COMMON[self.kind](self, value, self.dest_decoded)
+        if value is None:
+            return None
+        if self.dest_decoded:
+            value = _json_value(value)
+        return _COMMON[self.kind](self, value, self.dest_decoded)
 
     def param(self, common: Any, original: Any) -> Any:
         """The destination driver's parameter for a value in the common form."""
@@ -244,6 +255,16 @@ def _json(col: Column, value: Any, decoded: bool) -> Json:
         raise BadValue(f"{_show(value)} ({type(value).__name__}) is not JSON text")
     try:
         return canonical_json(json.loads(value, parse_constant=_no_constant))
+    except ValueError as e:
+        raise BadValue(f"{_show(value)} is not JSON text ({e})") from None
+
+
+def _json_value(value: Any) -> Any:
+    """A PostgreSQL JSON column's text as its JSON value (``'null'`` -> None: JSON's null)."""
+    if not isinstance(value, str):
+        return value  # already decoded
+    try:
+        return json.loads(value, parse_constant=_no_constant)
     except ValueError as e:
         raise BadValue(f"{_show(value)} is not JSON text ({e})") from None
 
