@@ -554,6 +554,8 @@ def test_values_take_the_destination_columns_form_or_are_refused_saying_why() ->
     assert sqlite_to_pg("bool").common(1) is True
     stamp = sqlite_to_pg("timestamptz").common("2025-01-31T10:00:00.000001+01:00")
     assert stamp == datetime(2025, 1, 31, 9, 0, 0, 1, tzinfo=UTC)
+    # Text without an offset (SQLite's CURRENT_TIMESTAMP) is UTC, as db.query reads it.
+    assert sqlite_to_pg("timestamptz").common("2025-01-31 09:00:00") == stamp.replace(microsecond=0)
     assert pg_to_sqlite("timestamptz", "timestamptz").param(stamp, stamp) == (
         "2025-01-31T09:00:00.000001+00:00"
     )
@@ -569,7 +571,8 @@ def test_values_take_the_destination_columns_form_or_are_refused_saying_why() ->
     refused = [
         (sqlite_to_pg("bool"), 2, "is not a boolean"),
         (sqlite_to_pg("int"), 1.5, "is not an integer"),
-        (sqlite_to_pg("timestamptz"), "2025-01-31T10:00:00", "has no time zone"),
+        (sqlite_to_pg("timestamptz"), datetime(2025, 1, 31, 10), "has no time zone"),
+        (sqlite_to_pg("timestamptz"), "2025-01-31 nine", "is not a timestamp"),
         (sqlite_to_pg("timestamptz"), 1738317600, "is not a timestamp"),
         (sqlite_to_pg("json"), "NaN", "is not JSON text"),
         (sqlite_to_pg("json"), "{'a': 1}", "is not JSON text"),
@@ -649,3 +652,42 @@ def test_a_json_null_stays_json_null_and_sql_null_stays_sql_null(
     }
     again = copy(source, dest, folder)
     assert by_table(again)[HOSTILE] == (4, 0, 0, 0, 4)
+
+
+@pytest.mark.parametrize(
+    "dest_kind", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def test_sqlite_current_timestamp_text_copies_as_utc_as_db_query_reads_it(
+    dest_kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    source = f"sqlite:///{tmp_path}/stamps.db"
+    dest = (
+        f"sqlite:///{tmp_path}/other.db"
+        if dest_kind == "sqlite"
+        else request.getfixturevalue("pg_url")
+    )
+    folder = tmp_path / "stamps"
+    for engine, stamp, at in (
+        ("sqlite", "TIMESTAMPTZ", "DATETIME"),
+        ("postgres", "timestamptz", "timestamptz"),
+    ):
+        (folder / engine).mkdir(parents=True)
+        (folder / engine / "0001_events.sql").write_text(
+            f"CREATE TABLE events (id integer PRIMARY KEY, "
+            f"created_at {stamp} NOT NULL DEFAULT CURRENT_TIMESTAMP, at {at})"
+        )
+    with DbService(source, schema_dirs={"stamps": folder}) as db:
+        db.initialize()
+        db.execute("INSERT INTO events (id, at) VALUES (1, '2025-01-31 09:30:00')")
+        read = db.query_one("SELECT created_at, at FROM events")
+    assert (
+        read is not None
+        and read["created_at"].tzinfo is UTC
+        and read["at"] == datetime(2025, 1, 31, 9, 30, tzinfo=UTC)
+    )  # db.query reads the text without an offset as UTC
+    report = run_copy_report(source, dest, "--schema-dir", f"stamps={folder}")
+    assert by_table(report)["events"] == (1, 1, 0, 0, 0)
+    with DbService(dest) as db:
+        assert db.query_value("SELECT created_at FROM events") == read["created_at"]
+    again = run_copy_report(source, dest, "--schema-dir", f"stamps={folder}")
+    assert by_table(again)["events"] == (1, 0, 0, 0, 1)

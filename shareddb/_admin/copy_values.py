@@ -26,12 +26,15 @@ other                   the value (compared as text)    the value as read / text
 ======================  ==============================  ====================================
 
 A value that has no place in its destination column (text that is not JSON in a
-JSON column, a timestamp without a time zone, 2 in a boolean) raises `BadValue`;
+JSON column, a datetime without a time zone, 2 in a boolean) raises `BadValue`;
+ISO text without an offset in a timestamptz column is UTC (SQLite's CURRENT_TIMESTAMP
+writes it so, and db.query reads it so);
 the caller names the table, row and column.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -45,6 +48,7 @@ from psycopg.types.json import Jsonb
 
 from shareddb._core.types import EngineKind
 from shareddb._engines.base import Engine
+from shareddb._sql.values import read_sqlite_time
 from shareddb._vectors.codec import from_blob, to_blob
 from shareddb.errors import ShareddbError
 
@@ -274,6 +278,9 @@ def _no_constant(name: str) -> Any:
 
 
 def _timestamptz(col: Column, value: Any, decoded: bool) -> datetime:
+    if isinstance(value, str):  # SQLite's text: no offset means UTC, as db.query reads it
+        with contextlib.suppress(ValueError):  # not ISO text: _datetime says so
+            value = read_sqlite_time(value)
     parsed = _datetime(value)
     if parsed.utcoffset() is None:
         raise BadValue(
