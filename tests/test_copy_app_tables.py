@@ -691,3 +691,34 @@ def test_sqlite_current_timestamp_text_copies_as_utc_as_db_query_reads_it(
         assert db.query_value("SELECT created_at FROM events") == read["created_at"]
     again = run_copy_report(source, dest, "--schema-dir", f"stamps={folder}")
     assert by_table(again)["events"] == (1, 0, 0, 0, 1)
+
+
+@pytest.mark.postgres
+def test_a_numeric_beyond_15_digits_to_sqlite_is_written_once(pg_url: str, tmp_path: Path) -> None:
+    source, dest = pg_url, f"sqlite:///{tmp_path}/nums.db"
+    folder = tmp_path / "nums"
+    for engine in ("sqlite", "postgres"):
+        (folder / engine).mkdir(parents=True)
+        (folder / engine / "0001_amounts.sql").write_text(
+            "CREATE TABLE amounts (id integer PRIMARY KEY, amount NUMERIC)"
+        )
+    values = [
+        Decimal("12345678901234567.123456789"),
+        Decimal("0.1234567890123456789"),
+        Decimal("98765432109876543210"),  # an integer beyond 64 bits: SQLite keeps a REAL
+        Decimal("42"),
+        Decimal("-3.5"),
+    ]
+    with DbService(source, schema_dirs={"nums": folder}) as db:
+        db.initialize()
+        db.executemany(
+            "INSERT INTO amounts (id, amount) VALUES (:id, :amount)",
+            [{"id": i, "amount": v} for i, v in enumerate(values)],
+        )
+    report = run_copy_report(source, dest, "--schema-dir", f"nums={folder}")
+    assert by_table(report)["amounts"] == (5, 5, 0, 0, 0)
+    with DbService(dest) as db:
+        stored = [r["amount"] for r in db.query("SELECT amount FROM amounts ORDER BY id")]
+    assert stored == [Decimal(repr(float(v))) for v in values]  # SQLite's 15 digits
+    again = run_copy_report(source, dest, "--schema-dir", f"nums={folder}")
+    assert by_table(again)["amounts"] == (5, 0, 0, 0, 5)

@@ -19,8 +19,8 @@ bytes                   bytes                           bytea / blob
 vector                  float32 little-endian bytes     vector / blob
 bool                    bool                            boolean / 0 or 1
 int, real, real4        int, float (real4: float32)     the number
-numeric                 Decimal (equal by value)        numeric / text (SQLite's NUMERIC
-                                                        affinity keeps 15 digits)
+numeric                 Decimal (equal by value; to     numeric / text (SQLite's NUMERIC
+                        SQLite: as it keeps it)         affinity keeps 15 digits)
 text                    str                             text
 other                   the value (compared as text)    the value as read / text
 ======================  ==============================  ====================================
@@ -40,7 +40,7 @@ import math
 from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import numpy as np
 from pgvector import Vector
@@ -379,6 +379,26 @@ def _real(col: Column, value: Any, decoded: bool) -> float:
 
 
 def _numeric(col: Column, value: Any, decoded: bool) -> Decimal:
+    number = _decimal(value)
+    return _as_sqlite_stores(number) if col.dest == "sqlite" else number
+
+
+_INT64: Final = range(-(2**63), 2**63)
+
+
+def _as_sqlite_stores(number: Decimal) -> Decimal:
+    """`number` as a SQLite NUMERIC column keeps it: an integer in 64 bits exactly, any
+    other number as a float (15 significant digits). Compared in this form, a longer
+    numeric from PostgreSQL is not copied again on every run."""
+    if number == number.to_integral_value() and int(number) in _INT64:
+        return Decimal(int(number))
+    as_float = float(number)
+    if not math.isfinite(as_float):
+        raise BadValue(f"{number} is beyond what SQLite's NUMERIC (a float) holds")
+    return Decimal(repr(as_float))
+
+
+def _decimal(value: Any) -> Decimal:
     try:
         if isinstance(value, Decimal):
             return value
