@@ -554,12 +554,14 @@ def test_values_take_the_destination_columns_form_or_are_refused_saying_why() ->
     assert sqlite_to_pg("bool").common(1) is True
     stamp = sqlite_to_pg("timestamptz").common("2025-01-31T10:00:00.000001+01:00")
     assert stamp == datetime(2025, 1, 31, 9, 0, 0, 1, tzinfo=UTC)
+    # Text without an offset (SQLite's CURRENT_TIMESTAMP) is UTC, as db.query reads it.
+    assert sqlite_to_pg("timestamptz").common("2025-01-31 09:00:00") == stamp.replace(microsecond=0)
     assert pg_to_sqlite("timestamptz", "timestamptz").param(stamp, stamp) == (
         "2025-01-31T09:00:00.000001+00:00"
     )
     # A JSON string from jsonb is a JSON value; from SQLite, text to parse.
-    assert pg_to_sqlite("json", "json").common("a").text == '"a"'
-    assert pg_to_sqlite("text", "json").common({"b": 1, "a": 2}) == '{"a":2,"b":1}'
+    assert pg_to_sqlite("json", "json").common('"a"').text == '"a"'
+    assert pg_to_sqlite("text", "json").common('{"b": 1, "a": 2}') == '{"a":2,"b":1}'
     assert sqlite_to_pg("json").common('{"b": 1, "a": 2}') == sqlite_to_pg("json").common(
         '{"a":2,"b":1.0}'
     )
@@ -569,7 +571,8 @@ def test_values_take_the_destination_columns_form_or_are_refused_saying_why() ->
     refused = [
         (sqlite_to_pg("bool"), 2, "is not a boolean"),
         (sqlite_to_pg("int"), 1.5, "is not an integer"),
-        (sqlite_to_pg("timestamptz"), "2025-01-31T10:00:00", "has no time zone"),
+        (sqlite_to_pg("timestamptz"), datetime(2025, 1, 31, 10), "has no time zone"),
+        (sqlite_to_pg("timestamptz"), "2025-01-31 nine", "is not a timestamp"),
         (sqlite_to_pg("timestamptz"), 1738317600, "is not a timestamp"),
         (sqlite_to_pg("json"), "NaN", "is not JSON text"),
         (sqlite_to_pg("json"), "{'a': 1}", "is not JSON text"),
@@ -600,3 +603,122 @@ def test_sqlite_declared_types_name_their_kind() -> None:
         "": "other",
     }
     assert {t: sqlite_kind(t) for t in kinds} == kinds
+
+
+# -- review findings: the configuration's namespaces, JSON null, timestamps, numeric ---------
+
+
+def test_the_configurations_namespaces_are_copied_and_unlisted_ones_are_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source, dest = f"sqlite:///{tmp_path}/app.db", f"sqlite:///{tmp_path}/other.db"
+    folder = filled((source, dest), tmp_path, rows=3)
+    # Without the namespace: shareddb's tables only, and the app's namespace named.
+    bare = run_copy_report(source, dest)
+    assert [t["table"] for t in bare["tables"]] == ["sessions", "task_embeddings"]
+    assert bare["unlisted_namespaces"] == ["myapp"]
+    text = run_cli("copy", "--from", source, "--to", dest)
+    assert text.returncode == 0, text.stderr
+    assert "not copied: the tables of namespace 'myapp'" in text.stdout
+    assert "--schema-dir myapp=FOLDER" in text.stdout
+
+    # [db.schema_dirs] in the configuration: the app's tables come along, nothing unlisted.
+    config = tmp_path / "config.toml"
+    config.write_text(f'[db.schema_dirs]\nmyapp = "{folder}"\n')
+    monkeypatch.setenv("SHAREDDB_CONFIG", str(config))
+    report = run_copy_report(source, dest)
+    assert by_table(report)["tasks"] == (3, 3, 0, 0, 0)
+    assert report["unlisted_namespaces"] == []
+    assert_same_tasks(source, dest)
+    text = run_cli("copy", "--from", source, "--to", dest, "--only", "tasks")
+    assert text.returncode == 0, text.stderr
+    assert "tasks (myapp): 3 read, 0 written" in text.stdout and "not copied" not in text.stdout
+
+
+def test_a_json_null_stays_json_null_and_sql_null_stays_sql_null(
+    ends: tuple[str, str], tmp_path: Path
+) -> None:
+    source, dest = ends
+    folder = filled(ends, tmp_path, rows=1)
+    run_sql(source, "INSERT INTO {} ({}, {}) VALUES ('json null', 'null')", HOSTILE, NOTE, DATA)
+    copy(source, dest, folder)
+    as_text = "SELECT {}, CAST({} AS TEXT) FROM {}"
+    stored = dict(run_sql(dest, as_text, NOTE, DATA, HOSTILE))
+    assert stored["json null"] == "null"  # JSON's null, not SQL's NULL
+    assert stored[None] is None  # and SQL's NULL is no JSON null
+    before = dict(run_sql(source, as_text, NOTE, DATA, HOSTILE))
+    assert {k: v if v is None else json.loads(v) for k, v in before.items()} == {
+        k: v if v is None else json.loads(v) for k, v in stored.items()
+    }
+    again = copy(source, dest, folder)
+    assert by_table(again)[HOSTILE] == (4, 0, 0, 0, 4)
+
+
+@pytest.mark.parametrize(
+    "dest_kind", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def test_sqlite_current_timestamp_text_copies_as_utc_as_db_query_reads_it(
+    dest_kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    source = f"sqlite:///{tmp_path}/stamps.db"
+    dest = (
+        f"sqlite:///{tmp_path}/other.db"
+        if dest_kind == "sqlite"
+        else request.getfixturevalue("pg_url")
+    )
+    folder = tmp_path / "stamps"
+    for engine, stamp, at in (
+        ("sqlite", "TIMESTAMPTZ", "DATETIME"),
+        ("postgres", "timestamptz", "timestamptz"),
+    ):
+        (folder / engine).mkdir(parents=True)
+        (folder / engine / "0001_events.sql").write_text(
+            f"CREATE TABLE events (id integer PRIMARY KEY, "
+            f"created_at {stamp} NOT NULL DEFAULT CURRENT_TIMESTAMP, at {at})"
+        )
+    with DbService(source, schema_dirs={"stamps": folder}) as db:
+        db.initialize()
+        db.execute("INSERT INTO events (id, at) VALUES (1, '2025-01-31 09:30:00')")
+        read = db.query_one("SELECT created_at, at FROM events")
+    assert (
+        read is not None
+        and read["created_at"].tzinfo is UTC
+        and read["at"] == datetime(2025, 1, 31, 9, 30, tzinfo=UTC)
+    )  # db.query reads the text without an offset as UTC
+    report = run_copy_report(source, dest, "--schema-dir", f"stamps={folder}")
+    assert by_table(report)["events"] == (1, 1, 0, 0, 0)
+    with DbService(dest) as db:
+        assert db.query_value("SELECT created_at FROM events") == read["created_at"]
+    again = run_copy_report(source, dest, "--schema-dir", f"stamps={folder}")
+    assert by_table(again)["events"] == (1, 0, 0, 0, 1)
+
+
+@pytest.mark.postgres
+def test_a_numeric_beyond_15_digits_to_sqlite_is_written_once(pg_url: str, tmp_path: Path) -> None:
+    source, dest = pg_url, f"sqlite:///{tmp_path}/nums.db"
+    folder = tmp_path / "nums"
+    for engine in ("sqlite", "postgres"):
+        (folder / engine).mkdir(parents=True)
+        (folder / engine / "0001_amounts.sql").write_text(
+            "CREATE TABLE amounts (id integer PRIMARY KEY, amount NUMERIC)"
+        )
+    values = [
+        Decimal("12345678901234567.123456789"),
+        Decimal("0.1234567890123456789"),
+        Decimal("98765432109876543210"),  # an integer beyond 64 bits: SQLite keeps a REAL
+        Decimal("42"),
+        Decimal("-3.5"),
+    ]
+    with DbService(source, schema_dirs={"nums": folder}) as db:
+        db.initialize()
+        db.executemany(
+            "INSERT INTO amounts (id, amount) VALUES (:id, :amount)",
+            [{"id": i, "amount": v} for i, v in enumerate(values)],
+        )
+    report = run_copy_report(source, dest, "--schema-dir", f"nums={folder}")
+    assert by_table(report)["amounts"] == (5, 5, 0, 0, 0)
+    with DbService(dest) as db:
+        stored = [r["amount"] for r in db.query("SELECT amount FROM amounts ORDER BY id")]
+    assert stored == [Decimal(repr(float(v))) for v in values]  # SQLite's 15 digits
+    again = run_copy_report(source, dest, "--schema-dir", f"nums={folder}")
+    assert by_table(again)["amounts"] == (5, 0, 0, 0, 5)

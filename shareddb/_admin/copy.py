@@ -170,6 +170,8 @@ def copy_rows(
     not created). Raises ConfigError for an unknown table, when both urls name one
     database or the source does not exist; ShareddbError naming the columns when an
     application table differs between the two sides (before any row is written);
+    the report's `unlisted` names the application namespaces the source applied that
+    `schema_dirs` lacks (their tables are not copied);
     MigrationError when the destination's applied migrations were altered (as
     `initialize()` would). With `progress` (a text stream), reports rows done per table.
     """
@@ -189,6 +191,7 @@ def copy_rows(
     with ExitStack() as stack:
         source = _Side(stack.enter_context(DbService(source_url, timeout=timeout)))
         found, skipped = copy_tables.find_tables(source.engine, dirs, app_tables)
+        unlisted = copy_tables.unlisted_namespaces(source.engine, dirs)
         builtin, app = _choose(tables, found)
         dest: _Side | None = None
         if not exists and dry_run:
@@ -216,7 +219,7 @@ def copy_rows(
                 dry_run=dry_run,
                 display=display,
             )
-    return CopyReport(results, dry_run, overwrite, exists, migrations, skipped)
+    return CopyReport(results, dry_run, overwrite, exists, migrations, skipped, unlisted)
 
 
 def _choose(

@@ -9,9 +9,10 @@ always parameters. Statements are written once, with ``%s`` placeholders and ``{
 for quoted parts, and composed by `Catalog.sql()`.
 
 A column's `Kind` comes from its type: PostgreSQL's type name, or on SQLite its
-declared type read as SQLite reads affinity (a name containing ``INT`` is an integer
-…), with ``JSON``, ``BOOL``, ``TIMESTAMP`` / ``DATETIME``, ``DATE`` and ``VECTOR`` /
-``F32_BLOB`` (with an optional ``(dimension)``) read as what they say.
+declared type: the names db.query decodes (``JSON``, ``BOOLEAN``, ``TIMESTAMPTZ`` /
+``TIMESTAMP`` / ``DATETIME``, ``DATE``, ``NUMERIC``, ``VECTOR`` / ``F32_BLOB`` with an
+optional ``(dimension)`` …: `shareddb._sql.values.SQLITE_TYPES`, the one table of
+them), else as SQLite reads affinity (a name containing ``INT`` is an integer …).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from psycopg import sql
 from shareddb._admin.copy_values import Kind
 from shareddb._core.types import EngineKind
 from shareddb._engines.sqlite.vector_search import quote_identifier
+from shareddb._sql.values import sqlite_type
 
 # A statement or a part of one: psycopg's `sql.Composable` on PostgreSQL, text on SQLite.
 Part = Any
@@ -88,6 +90,21 @@ class Catalog(ABC):
 
     def idents(self, names: Sequence[str]) -> Part:
         return self.join([self.ident(n) for n in names])
+
+    def reads(self, table: TableInfo, names: Sequence[str]) -> Part:
+        """The select list reading `names` of `table`: JSON columns as their text.
+
+        On PostgreSQL psycopg would decode a jsonb ``null`` to None, the same as SQL's
+        NULL; read as text the two stay apart (`copy_values.Column` parses the text).
+        """
+        return self.join(
+            [
+                self.sql("{}::text", self.ident(n))
+                if self.kind == "postgres" and table.column(n).kind == "json"
+                else self.ident(n)
+                for n in names
+            ]
+        )
 
     def marks(self, n: int) -> Part:
         return self.join([self.sql("%s")] * n)
@@ -253,24 +270,24 @@ class SqliteCatalog(Catalog):
 
 
 def sqlite_kind(declared: str) -> Kind:
-    """A SQLite column's kind from its declared type (affinity rules, plus the named kinds)."""
+    """A SQLite column's kind from its declared type: the names db.query reads
+    (`shareddb._sql.values.SQLITE_TYPES`, one table for both), else SQLite's affinity."""
+    named = sqlite_type(declared)
+    if named is not None:
+        return named
     t = declared.upper()
-    for needles, kind in _SQLITE_KINDS:
+    for needles, kind in _AFFINITY:
         if any(n in t for n in needles):
             return kind
-    return "date" if t.strip() == "DATE" else "other"
+    return "other"
 
 
-_SQLITE_KINDS: Final[tuple[tuple[tuple[str, ...], Kind], ...]] = (
-    (("JSON",), "json"),
-    (("VECTOR", "F32_BLOB", "FLOAT32"), "vector"),
-    (("BOOL",), "bool"),
-    (("TIMESTAMP", "DATETIME"), "timestamptz"),
-    (("BLOB", "BYTEA"), "bytes"),
+# SQLite's affinity rules (https://sqlite.org/datatype3.html, 3.1), in its order.
+_AFFINITY: Final[tuple[tuple[tuple[str, ...], Kind], ...]] = (
     (("INT",), "int"),
-    (("REAL", "FLOA", "DOUB"), "real"),
-    (("NUMERIC", "DECIMAL"), "numeric"),
     (("CHAR", "CLOB", "TEXT"), "text"),
+    (("BLOB",), "bytes"),
+    (("REAL", "FLOA", "DOUB"), "real"),
 )
 _DIMENSION = re.compile(r"\(\s*(\d+)\s*\)")
 

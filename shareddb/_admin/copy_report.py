@@ -39,7 +39,9 @@ class CopyReport:
     data folder; a PostgreSQL server's database always does). `migrations`: the
     labels of the migrations applied to the destination before copying (with
     `dry_run`: those a copy would apply; a dry run applies none). `skipped`: why a
-    namespace given to copy moved nothing (not applied in the source).
+    namespace given to copy moved nothing (not applied in the source). `unlisted`:
+    the application namespaces the source applied that copy was not given, whose
+    tables were therefore not copied.
     """
 
     tables: list[CopyResult]
@@ -48,6 +50,7 @@ class CopyReport:
     exists: bool = True
     migrations: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    unlisted: list[str] = field(default_factory=list)
 
     @property
     def initialized(self) -> bool:

@@ -147,7 +147,7 @@ class _Copier:
     def _pages(self, batch_size: int) -> Iterator[list[tuple[Any, ...]]]:
         """The source's rows in primary-key order, a page at a time (short read transactions)."""
         t, q = self.table, self.scat
-        columns, table = q.idents(t.source_columns), q.ident(t.source.name)
+        columns, table = q.reads(t.source, t.source_columns), q.ident(t.source.name)
         key = q.idents([t.source_columns[i] for i in t.source_key])
         first = q.sql("SELECT {} FROM {} ORDER BY {} LIMIT %s", columns, table, key)
         after = q.sql(
@@ -207,6 +207,7 @@ class _Copier:
     def _existing(self, rows: list[tuple[tuple[Any, ...], tuple[Any, ...]]]) -> dict[Any, Any]:
         """The destination's rows of these keys, in the common form, by key."""
         t, q = self.table, self.dcat
+        assert t.dest is not None
         width = len(t.key)
         found: dict[Any, Any] = {}
         step = max(1, LOOKUP_PARAMS // width)
@@ -214,8 +215,8 @@ class _Copier:
             chunk = rows[start : start + step]
             query = q.sql(
                 "SELECT {} FROM {} WHERE ({}) IN {}",
-                q.idents(t.dest_columns),
-                q.ident(t.dest.name if t.dest else ""),
+                q.reads(t.dest, t.dest_columns),
+                q.ident(t.dest.name),
                 q.idents([t.dest_columns[i] for i in t.key]),
                 q.rows_in(len(chunk), width),
             )

@@ -5,7 +5,8 @@
 ``schema_migrations`` shows applied: the files of that namespace the ledger lists are
 read in version order and their ``CREATE TABLE`` / ``DROP TABLE`` / ``ALTER TABLE …
 RENAME TO`` statements followed (`created_tables`). A namespace the source never
-applied moves nothing and is reported as skipped. The destination is initialized
+applied moves nothing and is reported as skipped; a namespace the source applied but
+that was not given is reported too (`unlisted_namespaces`). The destination is initialized
 with the same namespaces first, so they are present there too. Tables named with
 ``--table`` are added as they are. shareddb's own tables are never app tables.
 
@@ -31,7 +32,7 @@ from shareddb._admin.copy_values import Column
 from shareddb._core.text import show
 from shareddb._core.types import EngineKind
 from shareddb._engines.base import Engine
-from shareddb._migrations.created_tables import created_tables
+from shareddb._migrations.created_tables import created_tables, name_key
 from shareddb._migrations.files import (
     SHAREDDB_NAMESPACE,
     builtin_schema_dir,
@@ -103,7 +104,7 @@ def find_tables(
                     fix="point --schema-dir at the migrations the source was created with",
                 )
             for name in created_tables(files, source.kind):
-                if _folded(name, source.kind) in own:
+                if name_key(name, source.kind) in own:
                     continue  # shareddb copies its own tables itself
                 stored = cat.find_table(conn, name)
                 if stored is None:
@@ -121,7 +122,7 @@ def find_tables(
                     f"{source.target.masked}",
                     fix="check the name (as the database stores it) or the --from url",
                 )
-            if _folded(stored, source.kind) in own:
+            if name_key(stored, source.kind) in own:
                 raise ConfigError(
                     f"--table {show(name)} is shareddb's own table",
                     fix="sessions and task_embeddings are copied without --table (choose "
@@ -130,19 +131,24 @@ def find_tables(
             found.append(Found(stored, None))
     unique: dict[str, Found] = {}
     for f in found:
-        unique.setdefault(_folded(f.name, source.kind), f)
+        unique.setdefault(name_key(f.name, source.kind), f)
     return list(unique.values()), skipped
 
 
+def unlisted_namespaces(source: Engine[Any], schema_dirs: Mapping[str, Path]) -> list[str]:
+    """The application namespaces the source applied that `schema_dirs` does not name.
+
+    Their tables are not copied (copy can't know which they are without the
+    migrations), so the report names them: nothing is left behind without a word.
+    """
+    applied = {r.namespace for r in source.read_ledger() or []}
+    return sorted(applied - set(schema_dirs) - {SHAREDDB_NAMESPACE})
+
+
 def shareddb_tables(kind: EngineKind) -> set[str]:
-    """shareddb's own tables: never copied as an application's (compare with `_folded`)."""
+    """shareddb's own tables: never copied as an application's (compare with `name_key`)."""
     files = discover(SHAREDDB_NAMESPACE, builtin_schema_dir(kind))
-    return {_folded(t, kind) for t in created_tables(files, kind)} | {"schema_migrations"}
-
-
-def _folded(name: str, kind: EngineKind) -> str:
-    """`name` as compared on `kind`: SQLite's names ignore case, PostgreSQL's stored ones don't."""
-    return name.lower() if kind == "sqlite" else name
+    return {name_key(t, kind) for t in created_tables(files, kind)} | {"schema_migrations"}
 
 
 def check_tables(
@@ -287,4 +293,11 @@ def _pair_names(
     return pairs, [s for s in source if s not in pairs], left
 
 
-__all__ = ["AppTable", "Found", "check_tables", "find_tables", "shareddb_tables"]
+__all__ = [
+    "AppTable",
+    "Found",
+    "check_tables",
+    "find_tables",
+    "shareddb_tables",
+    "unlisted_namespaces",
+]

@@ -4,7 +4,9 @@ A copy reads a row on one engine, compares it with the destination's row of the 
 key and writes what differs, so every value has three forms: as the source's driver
 reads it, the *common* form (compared), and the destination driver's parameter.
 The destination column's `Kind` decides the common form; only JSON needs to know
-the source's too (psycopg hands over jsonb already decoded, SQLite hands over text).
+the source's too: a PostgreSQL json/jsonb column is read as its text (`::text`, so
+that a JSON ``null`` is not SQL's NULL, as psycopg's decoding would make it) and
+parsed here, SQLite's JSON text is parsed as any text is.
 
 ======================  ==============================  ====================================
 kind (destination)      common form                     written as (PostgreSQL / SQLite)
@@ -17,25 +19,28 @@ bytes                   bytes                           bytea / blob
 vector                  float32 little-endian bytes     vector / blob
 bool                    bool                            boolean / 0 or 1
 int, real, real4        int, float (real4: float32)     the number
-numeric                 Decimal (equal by value)        numeric / text (SQLite's NUMERIC
-                                                        affinity keeps 15 digits)
+numeric                 Decimal (equal by value; to     numeric / text (SQLite's NUMERIC
+                        SQLite: as it keeps it)         affinity keeps 15 digits)
 text                    str                             text
 other                   the value (compared as text)    the value as read / text
 ======================  ==============================  ====================================
 
 A value that has no place in its destination column (text that is not JSON in a
-JSON column, a timestamp without a time zone, 2 in a boolean) raises `BadValue`;
+JSON column, a datetime without a time zone, 2 in a boolean) raises `BadValue`;
+ISO text without an offset in a timestamptz column is UTC (SQLite's CURRENT_TIMESTAMP
+writes it so, and db.query reads it so);
 the caller names the table, row and column.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import numpy as np
 from pgvector import Vector
@@ -43,6 +48,7 @@ from psycopg.types.json import Jsonb
 
 from shareddb._core.types import EngineKind
 from shareddb._engines.base import Engine
+from shareddb._sql.values import read_sqlite_time
 from shareddb._vectors.codec import from_blob, to_blob
 from shareddb.errors import ShareddbError
 
@@ -166,8 +172,9 @@ def read_time(engine: Engine[Any], value: Any) -> datetime:
 class Column:
     """One copied column: the source's value into the common form, that into a parameter.
 
-    `kind` and `dimension` are the destination's; `decoded` says the source's driver
-    hands over JSON already decoded (a json/jsonb column read by psycopg).
+    `kind` and `dimension` are the destination's; `decoded` says the source's value
+    is a JSON value, given as its text (a json/jsonb column read as text on
+    PostgreSQL: `Catalog.reads`), `dest_decoded` the same of the destination's.
     """
 
     __slots__ = ("decoded", "dest", "dest_decoded", "dimension", "kind", "same_engine")
@@ -189,11 +196,19 @@ class Column:
 
     def common(self, value: Any) -> Any:
         """A source value in the common form (BadValue when it has no place here)."""
-        return None if value is None else _COMMON[self.kind](self, value, self.decoded)
+        if value is None:
+            return None
+        if self.decoded:
+            value = _json_value(value)
+        return _COMMON[self.kind](self, value, self.decoded)
 
     def existing(self, value: Any) -> Any:
         """A destination value (as its driver reads it) in the common form."""
-        return None if value is None else _COMMON[self.kind](self, value, self.dest_decoded)
+        if value is None:
+            return None
+        if self.dest_decoded:
+            value = _json_value(value)
+        return _COMMON[self.kind](self, value, self.dest_decoded)
 
     def param(self, common: Any, original: Any) -> Any:
         """The destination driver's parameter for a value in the common form."""
@@ -248,11 +263,24 @@ def _json(col: Column, value: Any, decoded: bool) -> Json:
         raise BadValue(f"{_show(value)} is not JSON text ({e})") from None
 
 
+def _json_value(value: Any) -> Any:
+    """A PostgreSQL JSON column's text as its JSON value (``'null'`` -> None: JSON's null)."""
+    if not isinstance(value, str):
+        return value  # already decoded
+    try:
+        return json.loads(value, parse_constant=_no_constant)
+    except ValueError as e:
+        raise BadValue(f"{_show(value)} is not JSON text ({e})") from None
+
+
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
 def _timestamptz(col: Column, value: Any, decoded: bool) -> datetime:
+    if isinstance(value, str):  # SQLite's text: no offset means UTC, as db.query reads it
+        with contextlib.suppress(ValueError):  # not ISO text: _datetime says so
+            value = read_sqlite_time(value)
     parsed = _datetime(value)
     if parsed.utcoffset() is None:
         raise BadValue(
@@ -351,6 +379,26 @@ def _real(col: Column, value: Any, decoded: bool) -> float:
 
 
 def _numeric(col: Column, value: Any, decoded: bool) -> Decimal:
+    number = _decimal(value)
+    return _as_sqlite_stores(number) if col.dest == "sqlite" else number
+
+
+_INT64: Final = range(-(2**63), 2**63)
+
+
+def _as_sqlite_stores(number: Decimal) -> Decimal:
+    """`number` as a SQLite NUMERIC column keeps it: an integer in 64 bits exactly, any
+    other number as a float (15 significant digits). Compared in this form, a longer
+    numeric from PostgreSQL is not copied again on every run."""
+    if number == number.to_integral_value() and int(number) in _INT64:
+        return Decimal(int(number))
+    as_float = float(number)
+    if not math.isfinite(as_float):
+        raise BadValue(f"{number} is beyond what SQLite's NUMERIC (a float) holds")
+    return Decimal(repr(as_float))
+
+
+def _decimal(value: Any) -> Decimal:
     try:
         if isinstance(value, Decimal):
             return value

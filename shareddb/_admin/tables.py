@@ -28,7 +28,7 @@ from psycopg import sql
 from shareddb._core.types import EngineKind, PgConnection
 from shareddb._engines.base import Engine
 from shareddb._engines.sqlite.vector_search import quote_identifier
-from shareddb._migrations.created_tables import walk_tables
+from shareddb._migrations.created_tables import name_key, walk_tables
 from shareddb._migrations.files import SHAREDDB_NAMESPACE, MigrationFile
 
 # Above this many rows by the planner's estimate (pg_class.reltuples, kept by ANALYZE and
@@ -99,7 +99,7 @@ def table_namespaces(
 
     Keys are table names as the catalog spells them on PostgreSQL (unquoted names
     folded to lower case) and lower-cased on SQLite, whose names ignore case; look
-    names up with `table_key()`. On PostgreSQL a name qualified with a schema other
+    names up with `name_key()`. On PostgreSQL a name qualified with a schema other
     than `schema` (the one listed) is not counted; on SQLite one qualified with a
     schema other than ``main`` is not.
     """
@@ -107,16 +107,11 @@ def table_namespaces(
     owners: dict[str, str] = {}
     for table in walk_tables(files, kind):
         qualifier = table.schema
-        if qualifier is None or table_key(qualifier, kind) in local:
-            owners.setdefault(table_key(table.name, kind), table.namespace)
+        if qualifier is None or name_key(qualifier, kind) in local:
+            owners.setdefault(name_key(table.name, kind), table.namespace)
     for name in _BUILTIN_TABLES:
-        owners.setdefault(table_key(name, kind), SHAREDDB_NAMESPACE)
+        owners.setdefault(name_key(name, kind), SHAREDDB_NAMESPACE)
     return owners
-
-
-def table_key(name: str, kind: EngineKind) -> str:
-    """The key of table `name` (as the catalog spells it) in `table_namespaces()`."""
-    return name.lower() if kind == "sqlite" else name
 
 
 # -- PostgreSQL -----------------------------------------------------------------------------
@@ -172,7 +167,7 @@ def _postgres_tables(conn: PgConnection, files: Sequence[MigrationFile]) -> list
         result.append(
             TableInfo(
                 name=name,
-                namespace=owners.get(table_key(name, "postgres")),
+                namespace=owners.get(name_key(name, "postgres")),
                 rows=rows,
                 rows_estimated=estimated,
                 indexes=tuple(indexes.get(relid, ())),
@@ -209,7 +204,7 @@ def _sqlite_tables(conn: sqlite3.Connection, files: Sequence[MigrationFile]) -> 
         result.append(
             TableInfo(
                 name=name,
-                namespace=owners.get(table_key(name, "sqlite")),
+                namespace=owners.get(name_key(name, "sqlite")),
                 rows=rows,
                 rows_estimated=False,
                 indexes=tuple(_sqlite_indexes(conn, name)),

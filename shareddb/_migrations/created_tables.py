@@ -54,9 +54,18 @@ def created_tables(files: Iterable[MigrationFile], kind: EngineKind) -> list[str
     return [table.name for table in walk_tables(files, kind) if not table.virtual]
 
 
+def name_key(name: str, kind: EngineKind) -> str:
+    """A stored table name as `kind` compares it: the one place names are folded.
+
+    SQLite's names ignore case; PostgreSQL's stored (already folded or quoted) ones
+    don't. Use it to key tables by name; `same_table` to compare two names.
+    """
+    return name.lower() if kind == "sqlite" else name
+
+
 def same_table(a: str, b: str, kind: EngineKind) -> bool:
-    """Whether two stored names name one table on `kind` (SQLite ignores ASCII case)."""
-    return a == b or (kind == "sqlite" and a.lower() == b.lower())
+    """Whether two stored names name one table on `kind` (SQLite ignores case)."""
+    return name_key(a, kind) == name_key(b, kind)
 
 
 def _apply(text: str, kind: EngineKind, namespace: str, tables: list[CreatedTable]) -> None:

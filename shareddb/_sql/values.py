@@ -33,7 +33,7 @@ import re
 from collections.abc import Callable, Mapping
 from datetime import UTC, date, datetime
 from decimal import Decimal
-from typing import Any, Final, TypeAlias
+from typing import Any, Final, Literal, TypeAlias
 
 import numpy as np
 from psycopg.types.json import Jsonb
@@ -295,24 +295,54 @@ def _vector_blob(value: Any) -> Any:
     return from_blob(value) if isinstance(value, bytes) and len(value) % 4 == 0 else value
 
 
+# What a value in a SQLite column is, by the column's declared type name (modifiers
+# dropped, upper case). The one such table: db.query decodes by it, and ``shareddb copy``
+# takes a SQLite column's kind from it (other names: SQLite's affinity). SQLite has no
+# zone-less time type, and CURRENT_TIMESTAMP writes UTC: every timestamp name is UTC.
+SqliteKind: TypeAlias = Literal["timestamptz", "date", "json", "numeric", "bool", "vector", "bytes"]
+SQLITE_TYPES: Final[dict[str, SqliteKind]] = {
+    "TIMESTAMPTZ": "timestamptz",
+    "TIMESTAMP WITH TIME ZONE": "timestamptz",
+    "TIMESTAMP": "timestamptz",
+    "DATETIME": "timestamptz",
+    "DATE": "date",
+    "JSON": "json",
+    "JSONB": "json",
+    "NUMERIC": "numeric",
+    "DECIMAL": "numeric",
+    "BOOLEAN": "bool",
+    "BOOL": "bool",
+    "VECTOR": "vector",
+    "F32_BLOB": "vector",
+    "FLOAT32": "vector",
+    "BYTEA": "bytes",
+}
+_DECODE_KIND: Final[dict[SqliteKind, Decode]] = {
+    "timestamptz": _timestamp,
+    "date": _date,
+    "json": _json,
+    "numeric": _numeric,
+    "bool": _boolean,
+    "vector": _vector_blob,
+}
 # Declared column types of the portable table layout, and how a value comes back.
 DECODERS: Final[dict[str, Decode]] = {
-    "TIMESTAMPTZ": _timestamp,
-    "TIMESTAMP WITH TIME ZONE": _timestamp,
-    "DATE": _date,
-    "JSON": _json,
-    "JSONB": _json,
-    "NUMERIC": _numeric,
-    "DECIMAL": _numeric,
-    "BOOLEAN": _boolean,
-    "BOOL": _boolean,
-    "VECTOR": _vector_blob,
+    name: _DECODE_KIND[kind] for name, kind in SQLITE_TYPES.items() if kind in _DECODE_KIND
 }
 _MODIFIERS = re.compile(r"\(.*", re.DOTALL)  # NUMERIC(10,2) -> NUMERIC, VECTOR(384) -> VECTOR
 
 
+def sqlite_type(declared: str) -> SqliteKind | None:
+    """The kind a SQLite column declared `declared` holds (None: no name of `SQLITE_TYPES`)."""
+    return SQLITE_TYPES.get(" ".join(_MODIFIERS.sub("", declared).split()).upper())
+
+
+def read_sqlite_time(value: Any) -> Any:
+    """A SQLite timestamp as db.query reads it: ISO text to UTC, no offset meaning UTC."""
+    return _timestamp(value)
+
+
 def decoder_for(declared: str) -> Decode | None:
     """The conversion back for a column declared `declared` (None: the value as stored)."""
-    if not declared:
-        return None
-    return DECODERS.get(" ".join(_MODIFIERS.sub("", declared).split()).upper())
+    kind = sqlite_type(declared) if declared else None
+    return None if kind is None else _DECODE_KIND.get(kind)

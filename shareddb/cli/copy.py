@@ -9,6 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from shareddb._core.config import load_config
 from shareddb.cli.common import (
     EXIT_OK,
     UsageError,
@@ -26,7 +27,7 @@ HELP = "copy sessions, embeddings and application tables between two databases (
 
 
 class _Refused(argparse.Action):
-    """An option other commands take that copy must not silently ignore (``--url``)."""
+    """An option other commands take that copy must refuse, not ignore (``--url``, ``--config``)."""
 
     def __call__(
         self,
@@ -38,7 +39,8 @@ class _Refused(argparse.Action):
         what = (
             "takes two databases, not --url"
             if self.dest == "url"
-            else "reads no configuration file"
+            else "takes no --config (its namespaces come from $SHAREDDB_CONFIG or the default "
+            "configuration file, and --schema-dir)"
         )
         raise argparse.ArgumentError(
             self, f"copy {what}: give --from URL (the source) and --to URL (the destination)"
@@ -55,7 +57,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--schema-dir",
         action="append",
         metavar="NAMESPACE=FOLDER",
-        help="an application's migrations: copy the tables they created (repeatable)",
+        help="an application's migrations: copy the tables they created (repeatable; "
+        "added to the configuration's [db.schema_dirs])",
     )
     parser.add_argument(
         "--table",
@@ -94,8 +97,9 @@ def run(args: argparse.Namespace) -> int:
     source, dest = checked_url(args.source, "--from"), checked_url(args.dest, "--to")
     if not 1 <= args.batch_size <= copy.MAX_BATCH:
         raise UsageError(f"--batch-size {args.batch_size} must be from 1 to {copy.MAX_BATCH:,}")
+    dirs = namespaces(args)
     unknown = [t for t in args.only or () if t not in copy.TABLES]
-    if unknown and not args.schema_dir and not args.app_tables:
+    if unknown and not dirs and not args.app_tables:
         raise UsageError(
             f"--only: unknown table {unknown[0]!r}; copy knows {', '.join(copy.TABLES)}, and "
             "the tables of --schema-dir namespaces and --table"
@@ -104,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
         args.source,
         args.dest,
         tables=args.only,
-        schema_dirs=namespaces(args),
+        schema_dirs=dirs,
         app_tables=args.app_tables or (),
         batch_size=args.batch_size,
         timeout=args.timeout,
@@ -126,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
                 },
                 "tables": [{**asdict(r), "written": r.written} for r in report.tables],
                 "skipped": report.skipped,
+                "unlisted_namespaces": report.unlisted,
             }
         )
         return EXIT_OK
@@ -134,8 +139,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def namespaces(args: argparse.Namespace) -> dict[str, Path]:
-    """The application namespaces whose tables to copy: the one place they come from."""
-    return {namespace: Path(folder) for namespace, folder in schema_dirs(args).items()}
+    """The application namespaces whose tables to copy: the one place they come from.
+
+    The configuration's ``[db.schema_dirs]`` (`load_config()`, as every command reads
+    it), then ``--schema-dir``; its url plays no part (copy names both databases).
+    """
+    dirs = schema_dirs(args, load_config())
+    return {namespace: Path(folder) for namespace, folder in dirs.items()}
 
 
 def _print_report(report: CopyReport, dest: str) -> None:
@@ -159,6 +169,12 @@ def _print_report(report: CopyReport, dest: str) -> None:
         print(_table_line(r, report.dry_run))
     for reason in report.skipped:
         print(f"skipped {reason}")
+    for namespace in report.unlisted:
+        print(
+            f"not copied: the tables of namespace {namespace!r}, applied in the source: copy "
+            f"was not given its migrations (add it to [db.schema_dirs] in the configuration, "
+            f"or pass --schema-dir {namespace}=FOLDER)"
+        )
     kept = sum(r.kept for r in report.tables)
     if kept:
         print(
