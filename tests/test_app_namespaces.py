@@ -77,7 +77,7 @@ def test_relative_schema_dir_is_relative_to_the_config_file_not_the_cwd(
 ) -> None:
     file = write_config(
         tmp_path / "conf" / "shareddb.toml",
-        '[db.schema_dirs]\nmyapp = "migrations/"\nother = "../shared/sql"\n',
+        '[db.schema_dirs]\nmyapp = "migrations/"\nother = "../common/sql"\n',
     )
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -85,7 +85,7 @@ def test_relative_schema_dir_is_relative_to_the_config_file_not_the_cwd(
     config = load_config(file)
     assert dict(config.schema_dirs) == {
         "myapp": tmp_path / "conf" / "migrations",
-        "other": tmp_path / "conf" / ".." / "shared" / "sql",
+        "other": tmp_path / "conf" / ".." / "common" / "sql",
     }
     assert list(config.schema_dirs) == ["myapp", "other"]  # the file's order
 

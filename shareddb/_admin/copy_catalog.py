@@ -27,7 +27,7 @@ from psycopg import sql
 
 from shareddb._admin.copy_values import Kind
 from shareddb._core.types import EngineKind
-from shareddb._engines.sqlite.vector_search import quote_identifier
+from shareddb._engines.sqlite.engine import quote_identifier
 from shareddb._sql.values import sqlite_type
 
 # A statement or a part of one: psycopg's `sql.Composable` on PostgreSQL, text on SQLite.

@@ -27,7 +27,7 @@ from psycopg import sql
 
 from shareddb._core.types import EngineKind, PgConnection
 from shareddb._engines.base import Engine
-from shareddb._engines.sqlite.vector_search import quote_identifier
+from shareddb._engines.sqlite.engine import quote_identifier
 from shareddb._migrations.created_tables import name_key, walk_tables
 from shareddb._migrations.files import SHAREDDB_NAMESPACE, MigrationFile
 

@@ -8,9 +8,11 @@ from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 
+from shareddb._admin.doctor import format_bytes
 from shareddb._core.config import DbConfig, load_config
 from shareddb._core.service import DbService
 from shareddb._core.url import DbTarget, parse_url
+from shareddb._vectors.results import IndexInfo
 from shareddb.errors import ConfigError
 
 EXIT_OK = 0
@@ -86,3 +88,17 @@ def plural(n: int, word: str) -> str:
 
 def duration(ms: float) -> str:
     return f"{ms:.1f} ms" if ms < 1000 else f"{ms / 1000:.2f} s"
+
+
+def describe_index(index: IndexInfo) -> str:
+    """``name  hnsw cosine dim 384  m=16 ef_construction=64  1.2 MB`` (+ notes)."""
+    params = " ".join(f"{k}={v}" for k, v in index.parameters.items())
+    text = (
+        f"{index.name}  {index.method} {index.metric} dim {index.dimension}  {params}  "
+        + format_bytes(index.size)
+    )
+    if index.halfvec:
+        text += "  (half precision)"
+    if not index.valid:
+        text += "  INVALID: a concurrent build failed; drop it and build it again"
+    return text.rstrip()

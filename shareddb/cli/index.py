@@ -26,8 +26,15 @@ from shareddb._vectors.request import (
     index_request,
 )
 from shareddb._vectors.validation import check_table_name, vector_index_name
-from shareddb.cli.common import EXIT_OK, UsageError, duration, emit_json, service, target_url
-from shareddb.cli.status import _describe_index
+from shareddb.cli.common import (
+    EXIT_OK,
+    UsageError,
+    describe_index,
+    duration,
+    emit_json,
+    service,
+    target_url,
+)
 from shareddb.errors import InvalidArgumentError, ShareddbError
 from shareddb.vectors import DEFAULT_TABLE, IndexInfo, VectorStorage
 
@@ -123,7 +130,7 @@ def _list(args: argparse.Namespace, vectors: VectorStorage) -> int:
         return EXIT_OK
     print(f"vector indexes of {vectors.table}")
     for index in indexes:
-        print("  " + _describe_index(index))
+        print("  " + describe_index(index))
     if not indexes:
         print("  none (searches are exact sequential scans); build one: shareddb index create")
     return EXIT_OK
@@ -159,7 +166,7 @@ def _create(args: argparse.Namespace, vectors: VectorStorage, request: IndexRequ
     else:
         print(f"index {name} exists with these parameters; nothing to build")
     if index is not None:
-        print("  " + _describe_index(index))
+        print("  " + describe_index(index))
     return EXIT_OK
 
 

@@ -6,7 +6,7 @@ import argparse
 import sqlite3
 from typing import Any
 
-from shareddb._admin.doctor import EMBEDDINGS_TABLE, format_bytes, not_created
+from shareddb._admin.doctor import EMBEDDINGS_TABLE, not_created
 from shareddb._admin.tables import IndexSummary, TableInfo, list_tables
 from shareddb._core.service import DbService
 from shareddb._core.types import PgConnection
@@ -17,12 +17,13 @@ from shareddb._migrations.ledger import status
 from shareddb.cli.common import (
     EXIT_OK,
     EXIT_PROBLEM,
+    describe_index,
     emit_json,
     schema_dirs,
     service,
     target_url,
 )
-from shareddb.vectors import IndexInfo, VectorStorage
+from shareddb.vectors import VectorStorage
 
 SESSIONS_TABLE = "sessions"
 
@@ -151,7 +152,7 @@ def _print_status(info: dict[str, Any]) -> None:
     elif not info["indexes"]:
         print("  none")
     for index in info["indexes"]:
-        print("  " + _describe_index(index))
+        print("  " + describe_index(index))
     _print_tables(info["tables"], exists=info.get("exists", True))
 
 
@@ -191,17 +192,3 @@ def _pgvector_line(info: dict[str, Any]) -> str:
         available = info["pgvector_available"]
         return f"not created in this database ({available} available); run: shareddb init"
     return "not installed on the server; run: shareddb doctor"
-
-
-def _describe_index(index: IndexInfo) -> str:
-    """``name  hnsw cosine dim 384  m=16 ef_construction=64  1.2 MB`` (+ notes)."""
-    params = " ".join(f"{k}={v}" for k, v in index.parameters.items())
-    text = (
-        f"{index.name}  {index.method} {index.metric} dim {index.dimension}  {params}  "
-        + format_bytes(index.size)
-    )
-    if index.halfvec:
-        text += "  (half precision)"
-    if not index.valid:
-        text += "  INVALID: a concurrent build failed; drop it and build it again"
-    return text.rstrip()

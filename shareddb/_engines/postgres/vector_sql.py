@@ -250,14 +250,13 @@ def search_statement(
     an uncorrelated subquery, a one-time filter: the exact branch is never executed
     when the index found k rows. One statement, one round trip, whichever answers.
     """
+    given = QUERY_OF_ID.format(table=table) if by_id else QUERY_PARAMETER
     if exact or not conditions:
-        query = QUERY_OF_ID.format(table=table) if by_id else QUERY_PARAMETER
         return _nearest_rows(
-            table, dimension, metric, k, exact, settings, conditions, query, by_id, with_metadata
+            table, dimension, metric, k, exact, settings, conditions, given, by_id, with_metadata
         )
     # Both scans read the query vector (or the id's stored one) from one place: it is
     # sent, and looked up, once.
-    given = QUERY_OF_ID.format(table=table) if by_id else QUERY_PARAMETER
     query = sql.SQL("(SELECT v FROM shareddb_query)")
     metadata: LiteralString = ", metadata" if with_metadata else ""
     scans = [

@@ -40,6 +40,11 @@ SQLITE_DIALECT = Dialect(
 )
 
 
+def quote_identifier(name: str) -> str:
+    """``"name"`` with embedded quotes doubled: the one way identifiers reach SQLite SQL."""
+    return '"' + name.replace('"', '""') + '"'
+
+
 class SqliteEngine(Engine[sqlite3.Connection]):
     kind: ClassVar = "sqlite"
     dialect: ClassVar = SQLITE_DIALECT

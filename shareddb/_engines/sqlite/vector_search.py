@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Final
 import numpy as np
 
 from shareddb._core.types import Connection
+from shareddb._engines.sqlite.engine import quote_identifier
 from shareddb._engines.sqlite.ranking import Matrix, Selection, nearest
 from shareddb._vectors.codec import blobs_matrix, from_blob
 from shareddb._vectors.filters import Filter, canonical, to_sqlite
@@ -48,11 +49,6 @@ Positions = np.ndarray[Any, np.dtype[np.intp]]
 def _key(where: Filter) -> str:
     """A filter's cache key, rendered once: apps send the same few filters over and over."""
     return canonical(where)
-
-
-def quote_identifier(name: str) -> str:
-    """``"name"`` with embedded quotes doubled: the one way identifiers reach SQLite SQL."""
-    return '"' + name.replace('"', '""') + '"'
 
 
 def row_conditions(rows: RowFilter) -> tuple[list[str], list[Any]]:

@@ -16,10 +16,10 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
 from shareddb._core.types import Connection
+from shareddb._engines.sqlite.engine import quote_identifier
 from shareddb._engines.sqlite.vector_search import (
     VERSIONS_TABLE,
     SqliteSearch,
-    quote_identifier,
     row_conditions,
 )
 from shareddb._vectors.batches import Batch
