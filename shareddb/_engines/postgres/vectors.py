@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from collections.abc import Iterator, Sequence
@@ -296,8 +297,8 @@ class PostgresVectors:
     def stale(
         self, hashes: list[tuple[str, str]], model: str | None, conn: Connection | None
     ) -> list[str]:
-        ids = [task_id for task_id, _ in hashes]
-        digests = [digest for _, digest in hashes]
+        ids = json.dumps([task_id for task_id, _ in hashes], ensure_ascii=False)
+        digests = json.dumps([digest for _, digest in hashes], ensure_ascii=False)
         with self._connection(conn, autocommit=True) as c:
             rows = c.execute(self._simple("stale", STALE), (ids, digests, model, model))
             return [str(row[0]) for row in rows]
