@@ -20,7 +20,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,13 +31,11 @@ from helpers import AppMigrations, builtin_files, fresh_database, ledger
 from psycopg.conninfo import conninfo_to_dict
 
 from shareddb import (
-    ConfigError,
     DbService,
     MigrationThroughPoolerError,
     SessionRecord,
     SessionStorage,
     VectorStorage,
-    load_config,
 )
 from shareddb._core.url import parse_url
 from shareddb._engines.postgres.migrate import LOCK_KEY, PostgresMigrationSession
@@ -48,9 +46,6 @@ pytestmark = pytest.mark.postgres
 
 PGBOUNCER = shutil.which("pgbouncer") or shutil.which("pgbouncer", path="/usr/sbin")
 DIMENSION = 16
-ADVISORY_LOCKS = (
-    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = %s AND objid = %s"
-)
 
 
 @dataclass(frozen=True)
@@ -174,15 +169,44 @@ class Tally:
         self.errors = []
 
 
+def _check(ok: bool, what: str) -> None:
+    if not ok:
+        raise AssertionError(f"wrong answer: {what}")
+
+
+def _round(
+    sessions: SessionStorage, vectors: VectorStorage, index: int, n: int, rng: np.random.Generator
+) -> list[Callable[[], None]]:
+    """One round of a worker's calls: each write, then reads checked against it."""
+    name, task = f"w{index}-{n}", f"w{index}#{n}"
+    vec = rng.random(DIMENSION, dtype=np.float32)
+    pair = rng.random((2, DIMENSION), dtype=np.float32)
+    many = [f"{task}-a", f"{task}-b"]
+    record = SessionRecord(
+        session=name, repo_name=f"repo{index}", repo_url=f"https://x/{name}", task_id=task
+    )
+    return [
+        lambda: _check(sessions.add(record).session == name, "add"),
+        lambda: _check(getattr(sessions.get(name), "repo_url", None) == record.repo_url, "get"),
+        lambda: vectors.upsert(task, vec),
+        lambda: _check(np.array_equal(vectors.get(task), vec), "vectors.get"),
+        lambda: _check([r.qualified_task_id for r in vectors.search(vec, k=1)] == [task], "search"),
+        lambda: _check(vectors.upsert_many((many, pair)) == 2, "upsert_many"),
+        lambda: _check(
+            all(np.array_equal(v, pair[i]) for i, v in enumerate(_ordered(vectors, many))),
+            "get_many",
+        ),
+        lambda: _check(sessions.delete(name) is True, "delete"),
+        lambda: _check(sessions.get(name) is None, "get after delete"),
+        lambda: _check(vectors.delete_many([task, *many]) == 3, "delete_many"),
+    ]
+
+
 def _workload(db: DbService, seconds: float, threads: int = 8) -> Tally:
     """`threads` threads of sessions and vectors calls, every read checked against its write."""
     tally = Tally()
     lock = threading.Lock()
     stop = threading.Event()
-
-    def check(ok: bool, what: str) -> None:
-        if not ok:
-            raise AssertionError(f"wrong answer: {what}")
 
     def worker(index: int) -> None:
         sessions, vectors = SessionStorage(db), VectorStorage(db)
@@ -190,33 +214,7 @@ def _workload(db: DbService, seconds: float, threads: int = 8) -> Tally:
         n = 0
         while not stop.is_set():
             n += 1
-            name, task = f"w{index}-{n}", f"w{index}#{n}"
-            vec = rng.random(DIMENSION, dtype=np.float32)
-            pair = rng.random((2, DIMENSION), dtype=np.float32)
-            many = [f"{task}-a", f"{task}-b"]
-            record = SessionRecord(
-                session=name, repo_name=f"repo{index}", repo_url=f"https://x/{name}", task_id=task
-            )
-            steps = [
-                lambda: check(sessions.add(record).session == name, "add"),
-                lambda: check(
-                    getattr(sessions.get(name), "repo_url", None) == record.repo_url, "get"
-                ),
-                lambda: vectors.upsert(task, vec),
-                lambda: check(np.array_equal(vectors.get(task), vec), "vectors.get"),
-                lambda: check(
-                    [r.qualified_task_id for r in vectors.search(vec, k=1)] == [task], "search"
-                ),
-                lambda: check(vectors.upsert_many((many, pair)) == 2, "upsert_many"),
-                lambda: check(
-                    all(np.array_equal(v, pair[i]) for i, v in enumerate(_ordered(vectors, many))),
-                    "get_many",
-                ),
-                lambda: check(sessions.delete(name) is True, "delete"),
-                lambda: check(sessions.get(name) is None, "get after delete"),
-                lambda: check(vectors.delete_many([task, *many]) == 3, "delete_many"),
-            ]
-            for step in steps:
+            for step in _round(sessions, vectors, index, n, rng):
                 try:
                     step()
                     error = None
@@ -261,3 +259,226 @@ def test_the_same_workload_fails_without_pooler_transaction(pooled: str) -> None
     assert tally.errors is not None
     kinds = Counter(e.split(":")[0] for e in tally.errors)
     print(f"through PgBouncer, no pooler=: {tally.calls} calls, {len(tally.errors)} errors {kinds}")
+
+
+# -- two clients, one statement name ---------------------------------------------------------
+
+
+def _two_clients(url: str, direct: str, pooler: str | None) -> list[str]:
+    """What went wrong when two clients' statements could meet on one server connection.
+
+    Each client first runs its statements six times inside a transaction, both
+    transactions open at once: each holds a server connection of its own, where
+    psycopg (with prepared statements on) prepares them under the same names
+    (``_pg3_0``, ``_pg3_1``). Later autocommitted calls land on either server
+    connection, where a name may be the other client's statement.
+    """
+    problems: list[str] = []
+    vec = np.arange(DIMENSION, dtype=np.float32)
+    record = SessionRecord(session="victim", repo_name="r", repo_url="https://x/victim")
+    with (
+        DbService(url, pooler=pooler, max_size=1) as a,  # type: ignore[arg-type]
+        DbService(url, pooler=pooler, max_size=1) as b,  # type: ignore[arg-type]
+    ):
+        sessions, vectors = SessionStorage(a), VectorStorage(b)
+        sessions.add(record)
+        vectors.upsert("md#victim", vec)
+        with a.transaction() as ca, b.transaction() as cb:
+            for _ in range(6):
+                sessions.get("victim", conn=ca)
+                sessions.delete("nobody", conn=ca)
+                vectors.get("md#victim", conn=cb)
+                vectors.delete("md#nobody", conn=cb)
+        calls = [
+            ("sessions.get", lambda: getattr(sessions.get("victim"), "session", None) == "victim"),
+            ("vectors.get", lambda: np.array_equal(vectors.get("md#victim"), vec)),
+        ] * 4 + [("sessions.delete", lambda: sessions.delete("victim") is True)]
+        for what, call in calls:
+            try:
+                if not call():
+                    problems.append(f"{what}: wrong answer")
+            except Exception as e:
+                problems.append(f"{what}: {type(e).__name__}: {e}")
+    with DbService(direct) as d:
+        if SessionStorage(d).get("victim") is not None:
+            problems.append("session 'victim' still there after its delete")
+        if not np.array_equal(VectorStorage(d).get("md#victim"), vec):
+            problems.append("embedding md#victim changed or gone")
+    return problems
+
+
+def test_two_clients_get_their_own_statements_under_pooler_transaction(
+    pooled: str, pg_url: str
+) -> None:
+    assert _two_clients(pooled, pg_url, "transaction") == []
+
+
+def test_two_clients_run_each_others_statements_without_it(pooled: str, pg_url: str) -> None:
+    """The case above can fail: with prepared statements, a call runs the other client's."""
+    problems = _two_clients(pooled, pg_url, None)
+    print(problems)
+    assert problems
+
+
+# -- migrations ------------------------------------------------------------------------------
+
+RACER = """\
+import json, os, sys, time
+from shareddb import DbService
+
+app_dir, run_dir, *pairs = sys.argv[1:]
+rounds = [pairs[i:i + 2] for i in range(0, len(pairs), 2)]
+open(os.path.join(run_dir, f"ready-{os.getpid()}"), "w").close()
+for number, (url, direct_url) in enumerate(rounds):
+    go = os.path.join(run_dir, f"go-{number}")
+    while not os.path.exists(go):
+        time.sleep(0.002)
+    db = DbService(url, schema_dirs={"app": app_dir}, pooler="transaction", direct_url=direct_url)
+    with db:
+        report = db.initialize()
+    print(json.dumps([[m.namespace, m.name] for m in report.applied]), flush=True)
+    open(os.path.join(run_dir, f"done-{number}-{os.getpid()}"), "w").close()
+"""
+PROCESSES = 4
+ROUNDS = 5
+
+
+@pytest.mark.slow
+@pytest.mark.reliability
+def test_racing_initialize_through_pgbouncer_with_direct_url(
+    pg_server_url: str, pgbouncer: Bouncer, tmp_path: Path
+) -> None:
+    app = AppMigrations(tmp_path / "app")
+    app.write(
+        "0001_once.sql",
+        "CREATE TABLE once (id integer PRIMARY KEY);\nINSERT INTO once VALUES (1);\n",
+    )
+    app.write("0002_slow.sql", "SELECT pg_sleep(0.2);\n")
+    app.write("0003_again.sql", "INSERT INTO once VALUES (3);\n")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    script = tmp_path / "racer.py"
+    script.write_text(RACER)
+    databases = [fresh_database(pg_server_url) for _ in range(ROUNDS)]
+    directs = [next(d) for d in databases]
+    pairs = [u for direct in directs for u in (pgbouncer.url(direct), direct)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(app.folder), str(run_dir), *pairs],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=tmp_path,
+        )
+        for _ in range(PROCESSES)
+    ]
+    try:
+        deadline = time.monotonic() + 120
+        for number in range(ROUNDS):
+            wanted = "ready-*" if number == 0 else f"done-{number - 1}-*"
+            while len(list(run_dir.glob(wanted))) < PROCESSES:
+                assert time.monotonic() < deadline, "workers stalled"
+                assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
+                time.sleep(0.01)
+            (run_dir / f"go-{number}").touch()
+        results = [p.communicate(timeout=180) for p in procs]
+        failures = [
+            (p.returncode, err) for p, (_, err) in zip(procs, results, strict=True) if p.returncode
+        ]
+        assert failures == []
+        expected = {("shareddb", name) for name in builtin_files("postgres")} | {
+            ("app", "0001_once.sql"),
+            ("app", "0002_slow.sql"),
+            ("app", "0003_again.sql"),
+        }
+        for number, direct in enumerate(directs):
+            applied = Counter(
+                (ns, name)
+                for out, _ in results
+                for ns, name in json.loads(out.strip().splitlines()[number])
+            )
+            assert set(applied) == expected, number
+            assert all(count == 1 for count in applied.values()), (number, applied)
+            with DbService(direct, schema_dirs={"app": app.folder}) as db:
+                assert ledger(db) == [
+                    (1, "0001_once.sql"),
+                    (2, "0002_slow.sql"),
+                    (3, "0003_again.sql"),
+                ]
+                assert (
+                    db.query_value(
+                        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                        "AND classid = :high AND objid = :low",
+                        {"high": LOCK_KEY >> 32, "low": LOCK_KEY & 0xFFFFFFFF},
+                    )
+                    == 0
+                )
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        for d in databases:
+            d.close()
+
+
+def test_initialize_refuses_to_migrate_through_the_pooler(pg_url: str, pgbouncer: Bouncer) -> None:
+    through = pgbouncer.url(pg_url)
+    for pooler in ("transaction", None):
+        with (
+            DbService(through, pooler=pooler) as db,  # type: ignore[arg-type]
+            pytest.raises(MigrationThroughPoolerError, match="direct_url") as refused,
+        ):
+            db.initialize()
+        assert "[db]" in str(refused.value)
+    # Nothing was changed: no ledger, no extension work.
+    with DbService(pg_url) as direct:
+        assert direct.query_value("SELECT to_regclass('schema_migrations')::text") is None
+        direct.initialize()
+    # Up to date: one read of the ledger, through the pooler.
+    with DbService(through, pooler="transaction") as db:
+        assert db.initialize().up_to_date
+        assert db.migration_status()
+
+
+def test_direct_url_that_reaches_the_pooler_is_refused(pg_url: str, pgbouncer: Bouncer) -> None:
+    through = pgbouncer.url(pg_url)
+    with (
+        DbService(through, pooler="transaction", direct_url=through) as db,
+        pytest.raises(MigrationThroughPoolerError, match="direct_url reaches the server"),
+    ):
+        db.initialize()
+
+
+def test_a_declared_session_pooler_may_migrate(pg_url: str) -> None:
+    """pooler="session" lifts the check for the url; on a direct server it changes nothing."""
+    with DbService(pg_url, pooler="session") as db:
+        assert not db.initialize().up_to_date
+        assert db.initialize().up_to_date
+
+
+def test_the_runner_leaves_no_session_setting_behind(pgbouncer: Bouncer, tmp_path: Path) -> None:
+    """Through a pooler's one server connection, the next client finds the server's defaults.
+
+    The runner asks the server to look for its client every second while a file runs:
+    for the file's transaction only, and around each statement of a no-transaction
+    file. It used to be a session setting, which the pooler's next client inherited.
+    """
+    namespace = f"leak{uuid.uuid4().hex[:8]}"
+    app = AppMigrations(tmp_path / namespace)
+    app.write("0001_table.sql", f"CREATE TABLE {namespace} (id integer);\n")
+    app.write(
+        "0002_index.sql",
+        f"-- shareddb:no-transaction\nCREATE INDEX CONCURRENTLY ON {namespace} (id);\n",
+    )
+    files = discover_all(migration_folders("postgres", {namespace: app.folder}))
+    target = parse_url(pgbouncer.single)
+    with PostgresMigrationSession.locked(target, 10.0, 10.0) as session:
+        applied = apply_pending(session, files)
+    assert [m.name for m in applied if m.namespace == namespace] == [
+        "0001_table.sql",
+        "0002_index.sql",
+    ]
+    with psycopg.connect(pgbouncer.single, autocommit=True) as conn:
+        row = conn.execute("SHOW client_connection_check_interval").fetchone()
+    assert row == ("0",)
