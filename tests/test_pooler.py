@@ -31,11 +31,14 @@ from helpers import AppMigrations, builtin_files, fresh_database, ledger
 from psycopg.conninfo import conninfo_to_dict
 
 from shareddb import (
+    ConfigError,
+    DatabaseUnavailableError,
     DbService,
     MigrationThroughPoolerError,
     SessionRecord,
     SessionStorage,
     VectorStorage,
+    load_config,
 )
 from shareddb._core.url import parse_url
 from shareddb._engines.postgres.migrate import LOCK_KEY, PostgresMigrationSession
@@ -482,3 +485,94 @@ def test_the_runner_leaves_no_session_setting_behind(pgbouncer: Bouncer, tmp_pat
     with psycopg.connect(pgbouncer.single, autocommit=True) as conn:
         row = conn.execute("SHOW client_connection_check_interval").fetchone()
     assert row == ("0",)
+
+
+# -- settings, without PgBouncer -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("pooler", "prepared"), [("transaction", False), (None, True)])
+def test_pooler_transaction_prepares_no_statement(
+    pg_url: str, pooler: str | None, prepared: bool
+) -> None:
+    """On one pooled connection, repeated calls leave the server no prepared statement."""
+    with DbService(pg_url) as db:
+        db.initialize()
+    with DbService(pg_url, pooler=pooler, max_size=1) as db:  # type: ignore[arg-type]
+        vectors, sessions = VectorStorage(db), SessionStorage(db)
+        vectors.upsert("md#1", np.ones(DIMENSION, dtype=np.float32))
+        for _ in range(8):
+            vectors.get("md#1")
+            vectors.search(np.ones(DIMENSION, dtype=np.float32), k=1)
+            sessions.get("nobody")
+        with db.connection() as conn:
+            row = conn.execute("SELECT count(*) FROM pg_prepared_statements").fetchone()
+    assert row is not None
+    assert (row[0] > 0) is prepared
+
+
+def test_pooler_and_direct_url_from_the_config_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    file = tmp_path / "config.toml"
+    file.write_text(
+        '[db]\nurl = "postgresql://app:pooled-secret@pooler:6432/app"\n'
+        'pooler = "transaction"\n'
+        'direct_url = "postgresql://app:direct-secret@server:5432/app"\n'
+    )
+    config = load_config(file)
+    assert (config.pooler, config.direct_url) == (
+        "transaction",
+        "postgresql://app:direct-secret@server:5432/app",
+    )
+    db = DbService.from_config(config)
+    assert (db.pooler, db.direct_url) == ("transaction", "postgresql://app:***@server:5432/app")
+    for shown in (repr(config), repr(db)):
+        assert "secret" not in shown
+        assert "transaction" in shown
+    # An overriding SHAREDDB_URL names another database: the file's direct_url is dropped.
+    monkeypatch.setenv("SHAREDDB_URL", "postgresql://other@elsewhere/app")
+    config = load_config(file)
+    assert (config.pooler, config.direct_url) == ("transaction", None)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[db]\nurl = "postgresql://h/db"\npooler = "tx"\n', "db.pooler .* is 'tx'"),
+        ('[db]\nurl = "postgresql://h/db"\npooler = true\n', "db.pooler .* is True"),
+        ('[db]\ndirect_url = "postgresql://h/db"\n', "direct_url .* without db.url"),
+        ('[db]\nurl = "postgresql://h/db"\ndirect_url = "sqlite:///x.db"\n', "not a postgresql"),
+        ('[db]\nurl = "postgresql://h/db"\ndirect_url = 5\n', "db.direct_url .* must be a string"),
+    ],
+)
+def test_bad_pooler_settings_in_the_file(tmp_path: Path, text: str, message: str) -> None:
+    file = tmp_path / "config.toml"
+    file.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_config(file)
+
+
+@pytest.mark.parametrize(
+    ("url", "kwargs", "message"),
+    [
+        ("postgresql://h/db", {"pooler": "tx"}, "pooler is 'tx'; use 'session', 'transaction'"),
+        ("sqlite:///x.db", {"pooler": "transaction"}, "pooler= applies to PostgreSQL only"),
+        ("sqlite:///x.db", {"direct_url": "postgresql://h/db"}, "direct_url= applies to Postgre"),
+        ("postgresql://h/db", {"direct_url": "sqlite:///x.db"}, "not a postgresql:// url"),
+        ("postgresql://h/db", {"direct_url": "mysql://u:pw@h/db"}, "direct_url: .*'mysql://u:\\*"),
+    ],
+)
+def test_bad_pooler_arguments(url: str, kwargs: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        DbService(url, **kwargs)  # type: ignore[arg-type]
+
+
+def test_an_unreachable_direct_url_is_named_with_its_password_masked(pg_url: str) -> None:
+    direct = "postgresql://app:direct-secret@127.0.0.1:1/app"
+    with (
+        DbService(pg_url, pooler="transaction", direct_url=direct, timeout=2) as db,
+        pytest.raises(DatabaseUnavailableError) as caught,
+    ):
+        db.initialize()
+    assert "127.0.0.1:1" in str(caught.value)
+    assert "direct-secret" not in str(caught.value)
