@@ -40,6 +40,7 @@ from shareddb import (
     VectorStorage,
     load_config,
 )
+from shareddb._admin.doctor import Doctor
 from shareddb._core.url import parse_url
 from shareddb._engines.postgres.migrate import LOCK_KEY, PostgresMigrationSession
 from shareddb._migrations.files import discover_all, migration_folders
@@ -576,3 +577,39 @@ def test_an_unreachable_direct_url_is_named_with_its_password_masked(pg_url: str
         db.initialize()
     assert "127.0.0.1:1" in str(caught.value)
     assert "direct-secret" not in str(caught.value)
+
+
+# -- shareddb doctor -------------------------------------------------------------------------
+
+
+def _doctor_pooler_lines(tmp_path: Path, db_lines: str) -> list[tuple[str, str]]:
+    file = tmp_path / "config.toml"
+    file.write_text(f"[db]\n{db_lines}")
+    doctor = Doctor(config_path=str(file), timeout=10)
+    doctor.run()
+    return [(c.state, c.detail) for c in doctor.checks if c.name == "pooler"]
+
+
+def test_doctor_tells_a_transaction_pooler_and_checks_the_configuration(
+    pooled: str, pg_url: str, tmp_path: Path
+) -> None:
+    configured = _doctor_pooler_lines(
+        tmp_path, f'url = "{pooled}"\npooler = "transaction"\ndirect_url = "{pg_url}"\n'
+    )
+    assert [state for state, _ in configured] == ["ok", "ok"]
+    assert "transaction mode" in configured[0][1]
+    assert "reaches the server; migrations run there" in configured[1][1]
+    unconfigured = _doctor_pooler_lines(tmp_path, f'url = "{pooled}"\n')
+    assert unconfigured[0][0] == "fail"
+    assert "transaction mode but no pooler configured" in unconfigured[0][1]
+    assert unconfigured[1][0] == "warn"  # no direct_url
+
+
+def test_doctor_on_a_direct_server_finds_no_pooler(pg_url: str, tmp_path: Path) -> None:
+    with DbService(pg_url) as db:
+        db.initialize()
+    assert _doctor_pooler_lines(tmp_path, f'url = "{pg_url}"\n') == [
+        ("ok", "the url reaches the server directly (no pooler configured)")
+    ]
+    declared = _doctor_pooler_lines(tmp_path, f'url = "{pg_url}"\npooler = "transaction"\n')
+    assert [state for state, _ in declared] == ["warn", "warn"]
