@@ -200,6 +200,12 @@ def _round(
             all(np.array_equal(v, pair[i]) for i, v in enumerate(_ordered(vectors, many))),
             "get_many",
         ),
+        # Existing ids: through a temporary staging table and MERGE, in one transaction.
+        lambda: _check(vectors.upsert_many((many, pair[::-1])) == 2, "upsert_many again"),
+        lambda: _check(
+            all(np.array_equal(v, pair[1 - i]) for i, v in enumerate(_ordered(vectors, many))),
+            "get_many after the update",
+        ),
         lambda: _check(sessions.delete(name) is True, "delete"),
         lambda: _check(sessions.get(name) is None, "get after delete"),
         lambda: _check(vectors.delete_many([task, *many]) == 3, "delete_many"),
