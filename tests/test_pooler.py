@@ -27,7 +27,14 @@ from pathlib import Path
 import numpy as np
 import psycopg
 import pytest
-from helpers import PROJECT_ROOT, AppMigrations, builtin_files, fresh_database, ledger
+from helpers import (
+    PROJECT_ROOT,
+    AppMigrations,
+    builtin_files,
+    fresh_database,
+    ledger,
+    run_cli,
+)
 from psycopg.conninfo import conninfo_to_dict
 
 from shareddb import (
@@ -441,6 +448,8 @@ def test_initialize_refuses_to_migrate_through_the_pooler(pg_url: str, pgbouncer
         ):
             db.initialize()
         assert "[db]" in str(refused.value)
+        # Configured, it is a transaction pooler; found, it may be a session pooler.
+        assert ('pooler="session"' in str(refused.value)) is (pooler is None)
     # Nothing was changed: no ledger, no extension work.
     with DbService(pg_url) as direct:
         assert direct.query_value("SELECT to_regclass('schema_migrations')::text") is None
@@ -449,6 +458,25 @@ def test_initialize_refuses_to_migrate_through_the_pooler(pg_url: str, pgbouncer
     with DbService(through, pooler="transaction") as db:
         assert db.initialize().up_to_date
         assert db.migration_status()
+
+
+def test_shareddb_init_names_direct_url_then_migrates_over_it(
+    pg_url: str, pgbouncer: Bouncer, tmp_path: Path
+) -> None:
+    file = tmp_path / "config.toml"
+    settings = f'[db]\nurl = "{pgbouncer.url(pg_url)}"\npooler = "transaction"\n'
+    file.write_text(settings)
+    refused = run_cli("init", "--config", str(file))
+    assert refused.returncode != 0
+    assert "direct_url" in refused.stdout + refused.stderr
+    assert "Traceback" not in refused.stdout + refused.stderr
+    file.write_text(settings + f'direct_url = "{pg_url}"\n')
+    done = run_cli("init", "--config", str(file))
+    assert done.returncode == 0, done.stdout + done.stderr
+    again = run_cli("init", "--config", str(file))
+    assert again.returncode == 0, again.stdout + again.stderr
+    with DbService(pg_url) as db:
+        assert db.initialize().up_to_date
 
 
 def test_direct_url_that_reaches_the_pooler_is_refused(pg_url: str, pgbouncer: Bouncer) -> None:

@@ -333,7 +333,9 @@ class PostgresEngine(Engine[PgConnection]):
             if (self.direct is not None or self.pooler != "session") and behind_pooler(conn):
                 what = "direct_url" if self.direct is not None else "the url"
                 raise refuse_migration(
-                    target, f"{what} reaches the server through a connection pooler or proxy"
+                    target,
+                    f"{what} reaches the server through a connection pooler or proxy",
+                    detected=self.direct is None,
                 )
 
         with PostgresMigrationSession.locked(

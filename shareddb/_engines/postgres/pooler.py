@@ -72,13 +72,19 @@ def pooling_mode(conn: PgConnection, target: DbTarget, timeout: float) -> PoolMo
     return "transaction" if row2[0] == row[0] else "session or transaction"
 
 
-def refuse_migration(target: DbTarget, why: str) -> MigrationThroughPoolerError:
-    """The error of a migration that would run through a transaction pooler."""
+def refuse_migration(
+    target: DbTarget, why: str, *, detected: bool = False
+) -> MigrationThroughPoolerError:
+    """The error of a migration that would run through a transaction pooler.
+
+    `detected`: the pooler was found on the url, not configured, so it may pool sessions.
+    """
+    session = ' (or, if that pooler pools sessions, declare pooler="session")' if detected else ""
     return MigrationThroughPoolerError(
         f"initialize() has migrations to apply on {target.masked} but {why}: the migration "
         "lock is a session lock, which a transaction pooler can't hold, so two processes "
         "could both apply the same file; nothing was changed",
         fix="set direct_url= on DbService (or direct_url in [db] of the configuration) to a "
-        "URL that reaches the PostgreSQL server itself, not the pooler, and run initialize() "
-        "again",
+        f"URL that reaches the PostgreSQL server itself, not the pooler{session}, and run "
+        "initialize() again",
     )
