@@ -67,6 +67,14 @@ class MigrationLockTimeout(MigrationError):
     """Another process held the migration lock for longer than allowed."""
 
 
+class MigrationThroughPoolerError(MigrationError):
+    """`initialize()` has work to do but would run it through a transaction pooler.
+
+    The migration lock is a session lock, which a transaction pooler can't hold: set
+    ``direct_url=`` (``[db] direct_url``) to a connection that reaches the server directly.
+    """
+
+
 class ExtensionMissingError(ShareddbError):
     """pgvector is not installed on the server, too old, or may not be created."""
 

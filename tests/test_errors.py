@@ -18,6 +18,7 @@ from shareddb import (
     InvalidSessionError,
     MigrationError,
     MigrationLockTimeout,
+    MigrationThroughPoolerError,
     SessionExistsError,
     SessionNotFoundError,
     ShareddbError,
@@ -50,6 +51,7 @@ FAMILY: dict[type[BaseException], set[type[BaseException]]] = {
     MigrationError: {ShareddbError, MigrationError},
     ChecksumMismatchError: {ShareddbError, MigrationError},
     MigrationLockTimeout: {ShareddbError, MigrationError},
+    MigrationThroughPoolerError: {ShareddbError, MigrationError},
     ExtensionMissingError: {ShareddbError},
 }
 

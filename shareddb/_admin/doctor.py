@@ -16,9 +16,11 @@ from typing import Any, Literal
 
 import psycopg
 
+from shareddb._admin.doctor_pooler import pooler_findings
 from shareddb._admin.libpq_hints import explain_libpq
 from shareddb._core.config import DbConfig, load_config
 from shareddb._core.service import DbService
+from shareddb._core.types import Pooler
 from shareddb._core.url import DbTarget, parse_url
 from shareddb._engines.postgres import embedded as _embedded
 from shareddb._engines.postgres.connect import connect_kwargs
@@ -94,6 +96,9 @@ class Doctor:
         self.schema_dirs: dict[str, str | os.PathLike[str]] = dict(schema_dirs or {})
         self.timeout = timeout
         self.checks: list[Check] = []
+        # The configuration's [db] pooler and direct_url (the latter with its own url only).
+        self.pooler: Pooler | None = None
+        self.direct_url: str | None = None
 
     def add(self, name: str, state: CheckState, detail: str, fix: str | None = None) -> None:
         self.checks.append(Check(name, state, detail, fix))
@@ -113,6 +118,8 @@ class Doctor:
             return
         try:
             if target.engine == "postgres":
+                for state, detail, fix in pooler_findings(db, self.timeout):
+                    self.add("pooler", state, detail, fix)
                 self.check_pgvector(db)
             self.check_migrations(db)
             if target.engine == "postgres":
@@ -136,6 +143,8 @@ class Doctor:
             )
             return None
         self.schema_dirs = {**config.schema_dirs, **self.schema_dirs}
+        self.pooler = config.pooler
+        self.direct_url = config.direct_url if self.url is None else None
         self.add("config", "ok", self._describe_config(config))
         return config.url if self.url is None else self.url
 
@@ -267,8 +276,14 @@ class Doctor:
                     "fix the host name in the url",
                 )
                 return None
-        db = DbService(url, schema_dirs=self.schema_dirs, timeout=self.timeout)
         try:
+            db = DbService(
+                url,
+                schema_dirs=self.schema_dirs,
+                timeout=self.timeout,
+                pooler=self.pooler,
+                direct_url=self.direct_url,
+            )
             db.open()
         except ConfigError as e:  # e.g. the embedded extra is missing
             self.add("database", "fail", str(e), e.fix)

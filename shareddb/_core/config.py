@@ -8,6 +8,7 @@ whichever URL wins: they describe the application, not the database it talks to.
 
 from __future__ import annotations
 
+import logging
 import os
 import tomllib
 from collections.abc import Mapping
@@ -19,10 +20,14 @@ from urllib.parse import quote
 
 import platformdirs
 
+from shareddb._core.types import Pooler
 from shareddb._core.url import expand_user, mask_url, parse_url
 from shareddb._engines.postgres.embedded import embedded_url
+from shareddb._engines.postgres.pooler import pooler_value
 from shareddb._migrations.files import namespace_problem
 from shareddb.errors import ConfigError
+
+logger = logging.getLogger("shareddb")
 
 ENV_URL = "SHAREDDB_URL"
 ENV_CONFIG = "SHAREDDB_CONFIG"
@@ -30,7 +35,7 @@ ENV_CONFIG = "SHAREDDB_CONFIG"
 ConfigSource = Literal["default", "sessiondb", "db", "env"]
 
 _TOP_KEYS = {"db", "sessiondb"}
-_DB_KEYS = {"url", "schema_dirs"}
+_DB_KEYS = {"url", "schema_dirs", "pooler", "direct_url"}
 _SESSIONDB_KEYS = {"backend", "sqlite", "postgres"}
 _SQLITE_KEYS = {"path"}
 _POSTGRES_KEYS = {"connection_string", "embedded", "data_dir"}
@@ -45,6 +50,8 @@ class DbConfig:
     configuration file that was consulted and `path_exists` whether it was there.
     `schema_dirs` maps the application's migration namespaces to their folders
     (``[db.schema_dirs]``, read-only; folders from a file are absolute).
+    `pooler` and `direct_url` are ``[db] pooler`` and ``[db] direct_url`` (see
+    `DbService`); the file's direct_url goes with the file's url only.
     """
 
     url: str
@@ -52,6 +59,8 @@ class DbConfig:
     path: Path | None = None
     path_exists: bool = False
     schema_dirs: Mapping[str, Path] = field(default_factory=dict, hash=False)
+    pooler: Pooler | None = None
+    direct_url: str | None = None
 
     def __post_init__(self) -> None:
         # A read-only copy with Path values, so that a config built by hand with str
@@ -63,7 +72,8 @@ class DbConfig:
         return (
             f"DbConfig(url={mask_url(self.url)!r}, source={self.source!r}, "
             f"path={self.path!r}, path_exists={self.path_exists!r}, "
-            f"schema_dirs={dict(self.schema_dirs)!r})"
+            f"schema_dirs={dict(self.schema_dirs)!r}, pooler={self.pooler!r}, "
+            f"direct_url={None if self.direct_url is None else mask_url(self.direct_url)!r})"
         )
 
     def describe_source(self) -> str:
@@ -116,9 +126,27 @@ def load_config(path: str | os.PathLike[str] | None = None) -> DbConfig:
     # reported rather than hidden, and its namespaces apply to any url.
     url, source = _url_from_file(data, file)
     dirs = _schema_dirs_from_file(data, file)
+    pooler, direct_url = _pooler_from_file(data, file)
     if env_url:
         url, source = env_url, "env"
-    return DbConfig(url=url, source=source, path=file, path_exists=True, schema_dirs=dirs)
+        if direct_url is not None:
+            # It names the server behind the file's url: migrating it for another url
+            # would change the wrong database.
+            logger.warning(
+                "ignoring db.direct_url in %s: %s overrides the url it goes with",
+                file,
+                ENV_URL,
+            )
+            direct_url = None
+    return DbConfig(
+        url=url,
+        source=source,
+        path=file,
+        path_exists=True,
+        schema_dirs=dirs,
+        pooler=pooler,
+        direct_url=direct_url,
+    )
 
 
 def _read_toml(file: Path, *, required: bool) -> dict[str, Any] | None:
@@ -200,6 +228,27 @@ def _url_from_file(data: dict[str, Any], file: Path) -> tuple[str, ConfigSource]
         _validate_url(url, f"key sessiondb.postgres.connection_string in {file}")
         return url, "sessiondb"
     raise ConfigError(f"key sessiondb.backend in {file} is {backend!r}; use 'sqlite' or 'postgres'")
+
+
+def _pooler_from_file(data: dict[str, Any], file: Path) -> tuple[Pooler | None, str | None]:
+    """``[db] pooler`` and ``[db] direct_url``, checked; direct_url needs ``[db] url``."""
+    db = _table(data, "db", file)
+    pooler = pooler_value(db.get("pooler"), f"key db.pooler in {file}")
+    if "direct_url" not in db:
+        return pooler, None
+    direct_url = _string(db, "direct_url", file, "db.")
+    _validate_url(direct_url, f"key db.direct_url in {file}")
+    if not direct_url.startswith(("postgresql://", "postgres://")):
+        raise ConfigError(
+            f"key db.direct_url in {file} is {mask_url(direct_url)!r}, not a postgresql:// url",
+            fix="set it to the PostgreSQL server behind the pooler that url reaches",
+        )
+    if "url" not in db:
+        raise ConfigError(
+            f"key db.direct_url in {file} is set without db.url",
+            fix="set db.url to the pooler's url, or remove direct_url",
+        )
+    return pooler, direct_url
 
 
 def _schema_dirs_from_file(data: dict[str, Any], file: Path) -> dict[str, Path]:

@@ -7,15 +7,31 @@ from typing import TYPE_CHECKING, Any
 from shareddb._engines.base import Dialect, Engine, MigrationSession
 
 if TYPE_CHECKING:
+    from shareddb._core.types import Pooler
     from shareddb._core.url import DbTarget
 
 
-def engine_for(target: DbTarget, *, min_size: int, max_size: int, timeout: float) -> Engine[Any]:
-    """The engine of `target`'s database kind (no I/O)."""
+def engine_for(
+    target: DbTarget,
+    *,
+    min_size: int,
+    max_size: int,
+    timeout: float,
+    pooler: Pooler | None = None,
+    direct: DbTarget | None = None,
+) -> Engine[Any]:
+    """The engine of `target`'s database kind (no I/O); `pooler` and `direct` are PostgreSQL's."""
     if target.engine == "postgres":
         from shareddb._engines.postgres.engine import PostgresEngine
 
-        return PostgresEngine(target, min_size=min_size, max_size=max_size, timeout=timeout)
+        return PostgresEngine(
+            target,
+            min_size=min_size,
+            max_size=max_size,
+            timeout=timeout,
+            pooler=pooler,
+            direct=direct,
+        )
     from shareddb._engines.sqlite.engine import SqliteEngine
 
     return SqliteEngine(target, min_size=min_size, max_size=max_size, timeout=timeout)

@@ -64,8 +64,19 @@ def schema_dirs(args: argparse.Namespace, config: DbConfig | None = None) -> dic
 
 
 def service(args: argparse.Namespace, url: str, config: DbConfig | None = None) -> DbService:
-    """A DbService for `url` with the namespaces of `config` and ``--schema-dir``."""
-    return DbService(url, schema_dirs=schema_dirs(args, config), timeout=args.timeout)
+    """A DbService for `url` with the namespaces of `config` and ``--schema-dir``.
+
+    The configuration's pooler applies too, and its direct_url when `url` is its url.
+    """
+    pooler = config.pooler if config is not None else None
+    direct_url = config.direct_url if config is not None and url == config.url else None
+    return DbService(
+        url,
+        schema_dirs=schema_dirs(args, config),
+        timeout=args.timeout,
+        pooler=pooler,
+        direct_url=direct_url,
+    )
 
 
 def emit_json(data: Any) -> None:

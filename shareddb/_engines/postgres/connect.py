@@ -12,7 +12,7 @@ from pgvector.psycopg import register_vector
 from psycopg.adapt import Buffer, Dumper
 from psycopg.pq import Format
 
-from shareddb._core.types import PgConnection, PgCursor
+from shareddb._core.types import PgConnection, PgCursor, Pooler
 from shareddb._core.url import DbTarget
 from shareddb._vectors.codec import to_pgvector
 from shareddb.errors import DatabaseUnavailableError
@@ -56,10 +56,20 @@ def binary_cursor(conn: PgConnection) -> PgCursor:
     return cursor
 
 
-def connect_kwargs(target: DbTarget, timeout: float) -> dict[str, Any]:
-    """Keyword arguments for every connection: a connect timeout and our application_name."""
+def connect_kwargs(
+    target: DbTarget, timeout: float, pooler: Pooler | None = None
+) -> dict[str, Any]:
+    """Keyword arguments for every connection: a connect timeout and our application_name.
+
+    Behind a transaction pooler, also no server-side prepared statements: psycopg
+    prepares a statement after it ran 5 times on a connection, and through such a
+    pooler a later run lands on another server connection, where that name is
+    unknown or names another client's statement.
+    """
     params = psycopg.conninfo.conninfo_to_dict(target.conninfo)
     kwargs: dict[str, Any] = {}
+    if pooler == "transaction":
+        kwargs["prepare_threshold"] = None
     if "connect_timeout" not in params:  # the url's own setting wins
         kwargs["connect_timeout"] = max(2, round(timeout))
     if "application_name" not in params:
@@ -67,11 +77,13 @@ def connect_kwargs(target: DbTarget, timeout: float) -> dict[str, Any]:
     return kwargs
 
 
-def connect(target: DbTarget, timeout: float, *, autocommit: bool = False) -> PgConnection:
+def connect(
+    target: DbTarget, timeout: float, *, autocommit: bool = False, pooler: Pooler | None = None
+) -> PgConnection:
     """A connection outside the pool, with the failure reported as DatabaseUnavailableError."""
     try:
         return psycopg.connect(
-            target.conninfo, autocommit=autocommit, **connect_kwargs(target, timeout)
+            target.conninfo, autocommit=autocommit, **connect_kwargs(target, timeout, pooler)
         )
     except psycopg.OperationalError as e:
         raise unavailable(target, e) from None

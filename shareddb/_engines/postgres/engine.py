@@ -25,7 +25,8 @@ import psycopg
 from psycopg.pq import TransactionStatus
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from shareddb._core.types import PgConnection
+from shareddb._core.types import PgConnection, Pooler
+from shareddb._core.url import DbTarget
 from shareddb._engines.base import Dialect, Engine, MigrationSession, TableProblem
 from shareddb._engines.postgres import embedded
 from shareddb._engines.postgres.connect import (
@@ -36,6 +37,7 @@ from shareddb._engines.postgres.connect import (
     unavailable,
 )
 from shareddb._engines.postgres.migrate import PostgresMigrationSession, read_ledger
+from shareddb._engines.postgres.pooler import behind_pooler, refuse_migration
 from shareddb._migrations.ledger import LedgerRow
 from shareddb._vectors.ops import VectorOps
 from shareddb.errors import DatabaseUnavailableError, ShareddbError
@@ -73,8 +75,18 @@ class PostgresEngine(Engine[PgConnection]):
     connection_type: ClassVar = psycopg.Connection
     driver_errors: ClassVar = (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn)
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        pooler: Pooler | None = None,
+        direct: DbTarget | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
+        # What sits in front of the server (``pooler=``), and the direct URL that
+        # migrations use instead of `target` (``direct_url=``).
+        self.pooler = pooler
+        self.direct = direct
         self._pool: ConnectionPool[PgConnection] | None = None
         # Connections checked out through us, to tell a pool that is full from one
         # that lost its connections.
@@ -129,7 +141,7 @@ class PostgresEngine(Engine[PgConnection]):
             min_size=self.min_size,
             max_size=self.max_size,
             timeout=self.timeout,
-            kwargs=connect_kwargs(self.target, self.timeout),
+            kwargs=connect_kwargs(self.target, self.timeout, self.pooler),
             configure=configure,
             # psycopg_pool retries a failed connection with a delay that doubles each
             # time; bounded, a pool that lost its server tries again within a second
@@ -259,7 +271,7 @@ class PostgresEngine(Engine[PgConnection]):
         """A direct connection, configured like the pool's, or the reason there is none."""
         budget = min(max(deadline - time.monotonic(), 1.0), 5.0)
         try:
-            conn = connect(self.target, budget, autocommit=True)
+            conn = connect(self.target, budget, autocommit=True, pooler=self.pooler)
         except DatabaseUnavailableError as e:
             return None, e
         try:
@@ -307,7 +319,28 @@ class PostgresEngine(Engine[PgConnection]):
 
     @contextmanager
     def migration_session(self, lock_timeout: float) -> Iterator[MigrationSession]:
-        with PostgresMigrationSession.locked(self.target, self.timeout, lock_timeout) as session:
+        """The runner's session, on `direct` when given; never through a transaction pooler.
+
+        Without a direct URL the target itself is used, unless it is configured as a
+        transaction pooler, or the connection turns out to reach the server through
+        a pooler or proxy that was not declared a session pooler (``pooler="session"``).
+        """
+        target = self.direct or self.target
+        if self.direct is None and self.pooler == "transaction":
+            raise refuse_migration(target, 'pooler="transaction" and no direct_url is set')
+
+        def check(conn: PgConnection) -> None:
+            if (self.direct is not None or self.pooler != "session") and behind_pooler(conn):
+                what = "direct_url" if self.direct is not None else "the url"
+                raise refuse_migration(
+                    target,
+                    f"{what} reaches the server through a connection pooler or proxy",
+                    detected=self.direct is None,
+                )
+
+        with PostgresMigrationSession.locked(
+            target, self.timeout, lock_timeout, check=check
+        ) as session:
             yield session
             self._pgvector_version = session.pgvector_version
 

@@ -151,6 +151,8 @@ class PostgresSearch:
         # generic plan, costed without them, would scan HNSW for a filter matching 0.1 %
         # of the rows (tens of ms) where the GIN index finds them in a fraction of one.
         rows = request.rows
+        # None: the connection's prepare_threshold decides (None behind a transaction
+        # pooler: never prepared). Nothing in shareddb passes prepare=True.
         prepare = False if rows.backend or rows.model or rows.where is not None else None
         if settings and not own and self._engine.in_transaction(conn):
             return _in_rolled_back_savepoint(conn, statement, params, prepare)
