@@ -18,6 +18,7 @@ from shareddb import (
     InvalidSessionError,
     MigrationError,
     MigrationLockTimeout,
+    ReadOnlyDatabaseError,
     SessionExistsError,
     SessionNotFoundError,
     ShareddbError,
@@ -51,6 +52,7 @@ FAMILY: dict[type[BaseException], set[type[BaseException]]] = {
     ChecksumMismatchError: {ShareddbError, MigrationError},
     MigrationLockTimeout: {ShareddbError, MigrationError},
     ExtensionMissingError: {ShareddbError},
+    ReadOnlyDatabaseError: {ShareddbError},
 }
 
 

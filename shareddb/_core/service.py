@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from functools import cached_property
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
+from shareddb._core.replica_options import DEFAULT_MAX_REPLICA_LAG, replica_options
 from shareddb._core.types import Connection, EngineKind
 from shareddb._core.url import DbTarget, parse_url
 from shareddb._engines import Engine, engine_for
@@ -52,6 +53,13 @@ class DbService:
     :param min_size: connections the PostgreSQL pool keeps open.
     :param max_size: most connections the PostgreSQL pool opens.
     :param timeout: seconds to wait for a connection (PostgreSQL) or a lock (SQLite).
+    :param replicas: PostgreSQL read replicas (streaming standbys of `url`, as libpq
+        URIs): the reads that may run on one go to a healthy replica, everything else
+        to `url` (see "Read replicas" in the README).
+    :param max_replica_lag: seconds of replay lag past which a replica serves no reads.
+    :param read_your_writes: reads go only to replicas that have replayed this
+        service's last write (else to the primary); False accepts up to
+        `max_replica_lag` of staleness for fewer reads on the primary.
     """
 
     def __init__(
@@ -62,6 +70,9 @@ class DbService:
         min_size: int = 1,
         max_size: int = 10,
         timeout: float = 30.0,
+        replicas: Sequence[str] = (),
+        max_replica_lag: float = DEFAULT_MAX_REPLICA_LAG,
+        read_your_writes: bool = True,
     ) -> None:
         target: DbTarget = parse_url(url)
         if not (isinstance(min_size, int) and isinstance(max_size, int) and min_size >= 0):
@@ -73,8 +84,9 @@ class DbService:
         if not isinstance(timeout, int | float) or not timeout > 0:
             raise ConfigError(f"timeout={timeout!r} must be a number of seconds > 0")
         self._schema_dirs = {ns: Path(folder) for ns, folder in (schema_dirs or {}).items()}
+        replication = replica_options(target, replicas, max_replica_lag, read_your_writes)
         self._engine = engine_for(
-            target, min_size=min_size, max_size=max_size, timeout=float(timeout)
+            target, min_size=min_size, max_size=max_size, timeout=float(timeout), **replication
         )
 
     @classmethod
@@ -83,9 +95,12 @@ class DbService:
 
         Keyword arguments are as for the constructor. A ``schema_dirs=`` argument is
         merged with ``config.schema_dirs`` (``[db.schema_dirs]``): its namespaces are
-        added, and where both name one, the argument's folder wins.
+        added, and where both name one, the argument's folder wins. The replicas of
+        ``[db]`` (``replicas``, ``max_replica_lag``, ``read_your_writes``) apply unless
+        given as arguments.
         """
         extra: Mapping[str, str | os.PathLike[str]] = kwargs.pop("schema_dirs", None) or {}
+        kwargs = {**config.replication, **kwargs}  # [db] replicas and friends; arguments win
         return cls(config.url, schema_dirs={**config.schema_dirs, **extra}, **kwargs)
 
     def __repr__(self) -> str:
@@ -220,26 +235,44 @@ class DbService:
         return self._statements.executemany(sql, seq_of_params, conn)
 
     def query(
-        self, sql: str, params: Mapping[str, Any] | None = None, *, conn: Connection | None = None
+        self,
+        sql: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        conn: Connection | None = None,
+        read_only: bool = False,
     ) -> list[dict[str, Any]]:
         """Every row of a statement as a dict keyed by column name.
 
         Values come back typed on both engines (on SQLite from the declared type of
         each column). For results too large for memory use `iter_query()`.
+        ``read_only=True`` says the statement only reads (a SELECT or VALUES without
+        side effects; anything else raises InvalidArgumentError before it runs): with
+        `replicas`, it may then run on one (see "Read replicas" in the README).
         """
-        return self._statements.query(sql, params, conn)
+        return self._statements.query(sql, params, conn, read_only)
 
     def query_one(
-        self, sql: str, params: Mapping[str, Any] | None = None, *, conn: Connection | None = None
+        self,
+        sql: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        conn: Connection | None = None,
+        read_only: bool = False,
     ) -> dict[str, Any] | None:
         """The first row of a statement as a dict, or None when there is none."""
-        return self._statements.query_one(sql, params, conn)
+        return self._statements.query_one(sql, params, conn, read_only)
 
     def query_value(
-        self, sql: str, params: Mapping[str, Any] | None = None, *, conn: Connection | None = None
+        self,
+        sql: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        conn: Connection | None = None,
+        read_only: bool = False,
     ) -> Any:
         """The first column of the first row (``SELECT count(*) ...``), or None without a row."""
-        return self._statements.query_value(sql, params, conn)
+        return self._statements.query_value(sql, params, conn, read_only)
 
     def iter_query(
         self,

@@ -10,12 +10,19 @@ if TYPE_CHECKING:
     from shareddb._core.url import DbTarget
 
 
-def engine_for(target: DbTarget, *, min_size: int, max_size: int, timeout: float) -> Engine[Any]:
-    """The engine of `target`'s database kind (no I/O)."""
+def engine_for(
+    target: DbTarget, *, min_size: int, max_size: int, timeout: float, **replication: Any
+) -> Engine[Any]:
+    """The engine of `target`'s database kind (no I/O).
+
+    `replication`: PostgreSQL's replicas, max_replica_lag and read_your_writes.
+    """
     if target.engine == "postgres":
         from shareddb._engines.postgres.engine import PostgresEngine
 
-        return PostgresEngine(target, min_size=min_size, max_size=max_size, timeout=timeout)
+        return PostgresEngine(
+            target, min_size=min_size, max_size=max_size, timeout=timeout, **replication
+        )
     from shareddb._engines.sqlite.engine import SqliteEngine
 
     return SqliteEngine(target, min_size=min_size, max_size=max_size, timeout=timeout)

@@ -15,17 +15,19 @@ import os
 import select
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final, TypeVar
 
 import psycopg
 from psycopg.pq import TransactionStatus
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from shareddb._core.types import PgConnection
+from shareddb._core.replica_options import DEFAULT_MAX_REPLICA_LAG
+from shareddb._core.types import Connection, PgConnection
+from shareddb._core.url import DbTarget
 from shareddb._engines.base import Dialect, Engine, MigrationSession, TableProblem
 from shareddb._engines.postgres import embedded
 from shareddb._engines.postgres.connect import (
@@ -36,9 +38,18 @@ from shareddb._engines.postgres.connect import (
     unavailable,
 )
 from shareddb._engines.postgres.migrate import PostgresMigrationSession, read_ledger
+from shareddb._engines.postgres.replica_routing import ReplicaHealth
+from shareddb._engines.postgres.replicas import ReplicaSet
+from shareddb._engines.postgres.standby import (
+    is_hot_standby,
+    parse_lsn,
+    read_only_error,
+    standby_refuses,
+    standby_state,
+)
 from shareddb._migrations.ledger import LedgerRow
 from shareddb._vectors.ops import VectorOps
-from shareddb.errors import DatabaseUnavailableError, ShareddbError
+from shareddb.errors import DatabaseUnavailableError, InvalidArgumentError, ShareddbError
 
 logger = logging.getLogger("shareddb")
 
@@ -51,6 +62,11 @@ _POOL_WAIT_SLICE = 1.0
 # Longest psycopg_pool keeps retrying one lost connection before giving up (it tries
 # again as soon as a client asks for a connection).
 _RECONNECT_TIMEOUT = 5.0
+# Where the primary's WAL ends after a commit: at or past the commit record, even with
+# synchronous_commit off (pg_current_wal_lsn() may not have reached it then).
+_WAL_END: Final = b"SELECT pg_current_wal_insert_lsn()"
+
+T = TypeVar("T")
 
 # Pools a forked child inherited and let go of: kept referenced so that garbage
 # collection never closes what the parent still uses.
@@ -73,8 +89,26 @@ class PostgresEngine(Engine[PgConnection]):
     connection_type: ClassVar = psycopg.Connection
     driver_errors: ClassVar = (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn)
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        replicas: Sequence[DbTarget] = (),
+        max_replica_lag: float = DEFAULT_MAX_REPLICA_LAG,
+        read_your_writes: bool = True,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
+        # Reads that may run on a standby go there (see replicas.py); None: no replicas.
+        self._replicas = (
+            ReplicaSet(
+                replicas,
+                max_idle=self.max_size,
+                max_lag=max_replica_lag,
+                read_your_writes=read_your_writes,
+            )
+            if replicas
+            else None
+        )
         self._pool: ConnectionPool[PgConnection] | None = None
         # Connections checked out through us, to tell a pool that is full from one
         # that lost its connections.
@@ -99,9 +133,13 @@ class PostgresEngine(Engine[PgConnection]):
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.close()
+        if self._replicas is not None:
+            self._replicas.close()
 
     def _forget(self) -> None:
         _inherited.append(self._pool)
+        if self._replicas is not None:
+            _inherited.extend(self._replicas.forget())
         self._pool = None
         self._in_use_lock = threading.Lock()
         self._in_use = 0
@@ -167,9 +205,16 @@ class PostgresEngine(Engine[PgConnection]):
                 if conn.broken:
                     raise lost_connection(self.target, e) from e
                 raise
+            except psycopg.errors.ReadOnlySqlTransaction as e:
+                refused = read_only_error(self.target, conn, e)
+                if refused is None:
+                    raise
+                raise refused from e
             finally:
                 if not conn.closed and conn.info.transaction_status == IDLE:
                     conn.autocommit = True  # how pooled connections rest
+            if self._replicas is not None:
+                self._note_write(conn)
         finally:
             self._release(conn, pool)
 
@@ -179,6 +224,65 @@ class PostgresEngine(Engine[PgConnection]):
     def statement(self) -> AbstractContextManager[PgConnection]:
         """A pooled connection in autocommit mode: the lean path of searches and one-row writes."""
         return _Autocommit(self)
+
+    def read(
+        self,
+        work: Callable[[PgConnection], T],
+        conn: Connection | None = None,
+        *,
+        error: type[InvalidArgumentError] = InvalidArgumentError,
+    ) -> T:
+        """`work` on the caller's connection, else on a replica that may serve it, else here.
+
+        Without replicas, one autocommitted statement's checkout of the primary.
+        """
+        if conn is not None:
+            return work(self.checked(conn, error))
+        if self._replicas is None:
+            with _Autocommit(self, writes=False) as c:
+                return work(c)
+        if self._pool is None or self.pid != os.getpid():
+            self.ensure_open()  # a forked child is told so before any replica is tried
+
+        def on_primary() -> T:
+            with _Autocommit(self, writes=False) as c:
+                return work(c)
+
+        return self._replicas.read(work, on_primary)
+
+    @contextmanager
+    def streaming(self, conn: Connection | None) -> Iterator[PgConnection]:
+        """A connection in a transaction for a server-side cursor's reads.
+
+        The caller's, or a replica's that may serve reads, or one of the primary's.
+        """
+        if conn is not None:
+            yield self.checked(conn)
+            return
+        if self._replicas is not None:
+            self.ensure_open()
+            with self._replicas.held() as held:
+                if held is not None:
+                    with held.transaction():
+                        yield held
+                    return
+        with self.transaction() as c:
+            yield c
+
+    def _note_write(self, conn: PgConnection) -> None:
+        """Remember where the primary's WAL ends after a commit, for read-your-writes."""
+        assert self._replicas is not None
+        if conn.closed or conn.broken or conn.info.transaction_status != IDLE:
+            return
+        if is_hot_standby(conn):
+            return  # the "primary" is itself a standby: nothing is written here
+        row = conn.execute(_WAL_END).fetchone()
+        assert row is not None
+        self._replicas.routing.wrote(parse_lsn(str(row[0])))
+
+    def replica_health(self) -> list[ReplicaHealth]:
+        """Each replica checked now (state, replay lag); empty without replicas."""
+        return [] if self._replicas is None else self._replicas.health()
 
     def in_transaction(self, conn: PgConnection) -> bool:
         return not (conn.autocommit and conn.info.transaction_status == IDLE)
@@ -307,9 +411,22 @@ class PostgresEngine(Engine[PgConnection]):
 
     @contextmanager
     def migration_session(self, lock_timeout: float) -> Iterator[MigrationSession]:
+        self._refuse_migrations_on_standby()
         with PostgresMigrationSession.locked(self.target, self.timeout, lock_timeout) as session:
             yield session
             self._pgvector_version = session.pgvector_version
+        if self._replicas is not None:  # the migrations' DDL is read-your-writes too
+            with _Autocommit(self, writes=False) as conn:
+                self._note_write(conn)
+
+    def _refuse_migrations_on_standby(self) -> None:
+        with _Autocommit(self, writes=False) as conn:
+            if standby_state(conn).in_recovery:
+                raise standby_refuses(
+                    self.target,
+                    "initialize() has migrations to apply (or pgvector to create) and a "
+                    "standby takes no writes",
+                )
 
     def after_migrations(self) -> None:
         """Replace pooled connections made before pgvector existed (they lack its types).
@@ -355,12 +472,17 @@ class PostgresEngine(Engine[PgConnection]):
 
 
 class _Autocommit:
-    """`PostgresEngine.statement()`: a class, cheaper than a generator on the hot path."""
+    """`PostgresEngine.statement()`: a class, cheaper than a generator on the hot path.
 
-    __slots__ = ("_conn", "_engine", "_pool")
+    With `writes`, its statements may write: with replicas, the WAL's end is noted
+    after them, for read-your-writes.
+    """
 
-    def __init__(self, engine: PostgresEngine) -> None:
+    __slots__ = ("_conn", "_engine", "_pool", "_writes")
+
+    def __init__(self, engine: PostgresEngine, *, writes: bool = True) -> None:
         self._engine = engine
+        self._writes = writes
 
     def __enter__(self) -> PgConnection:
         engine = self._engine
@@ -382,9 +504,16 @@ class _Autocommit:
         tb: TracebackType | None,
     ) -> None:
         conn = self._conn
+        engine = self._engine
         try:
             if isinstance(exc, psycopg.OperationalError) and conn.broken:
-                raise lost_connection(self._engine.target, exc) from exc
+                raise lost_connection(engine.target, exc) from exc
+            if isinstance(exc, psycopg.errors.ReadOnlySqlTransaction):
+                refused = read_only_error(engine.target, conn, exc)
+                if refused is not None:
+                    raise refused from exc
+            if exc is None and self._writes and engine._replicas is not None:
+                engine._note_write(conn)
         finally:
             self._engine._release(conn, self._pool)
 
