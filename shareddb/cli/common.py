@@ -65,7 +65,10 @@ def schema_dirs(args: argparse.Namespace, config: DbConfig | None = None) -> dic
 
 def service(args: argparse.Namespace, url: str, config: DbConfig | None = None) -> DbService:
     """A DbService for `url` with the namespaces of `config` and ``--schema-dir``."""
-    return DbService(url, schema_dirs=schema_dirs(args, config), timeout=args.timeout)
+    replication = dict(config.replication) if config is not None and url == config.url else {}
+    return DbService(
+        url, schema_dirs=schema_dirs(args, config), timeout=args.timeout, **replication
+    )
 
 
 def emit_json(data: Any) -> None:
