@@ -1,4 +1,4 @@
-"""A standby told apart: writes and initialize() there raise ReadOnlyDatabaseError; the CLI says so."""
+"""A standby told apart: writes and initialize() raise ReadOnlyDatabaseError; the CLI says so."""
 
 from __future__ import annotations
 
