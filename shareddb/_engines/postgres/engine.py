@@ -102,7 +102,7 @@ class PostgresEngine(Engine[PgConnection]):
         self._replicas = (
             ReplicaSet(
                 replicas,
-                max_idle=self.max_size,
+                max_size=self.max_size,
                 max_lag=max_replica_lag,
                 read_your_writes=read_your_writes,
             )
@@ -213,8 +213,8 @@ class PostgresEngine(Engine[PgConnection]):
             finally:
                 if not conn.closed and conn.info.transaction_status == IDLE:
                     conn.autocommit = True  # how pooled connections rest
-            if self._replicas is not None:
-                self._note_write(conn)
+                if self._replicas is not None:  # even after an error: the block may commit()
+                    self._note_write(conn)
         finally:
             self._release(conn, pool)
 
@@ -243,6 +243,8 @@ class PostgresEngine(Engine[PgConnection]):
                 return work(c)
         if self._pool is None or self.pid != os.getpid():
             self.ensure_open()  # a forked child is told so before any replica is tried
+        if lost := self._replicas.routing.lost_writes:
+            self._find_lost_writes(lost)
 
         def on_primary() -> T:
             with _Autocommit(self, writes=False) as c:
@@ -270,15 +272,34 @@ class PostgresEngine(Engine[PgConnection]):
             yield c
 
     def _note_write(self, conn: PgConnection) -> None:
-        """Remember where the primary's WAL ends after a commit, for read-your-writes."""
+        """Remember where the primary's WAL ends after a commit, for read-your-writes.
+
+        One round trip on the connection that wrote, before it goes back to the pool.
+        When it can't be asked (the connection broke), the next read asks the primary.
+        Never raises: the write itself is done.
+        """
         assert self._replicas is not None
-        if conn.closed or conn.broken or conn.info.transaction_status != IDLE:
+        routing = self._replicas.routing
+        if conn.closed or conn.broken:
+            routing.lost_write()
             return
-        if is_hot_standby(conn):
-            return  # the "primary" is itself a standby: nothing is written here
-        row = conn.execute(_WAL_END).fetchone()
+        if conn.info.transaction_status != IDLE or is_hot_standby(conn):
+            return  # nothing committed yet, or a standby: nothing is written there
+        try:
+            row = conn.execute(_WAL_END).fetchone()
+        except psycopg.Error:
+            routing.lost_write()
+            return
         assert row is not None
-        self._replicas.routing.wrote(parse_lsn(str(row[0])))
+        routing.wrote(parse_lsn(str(row[0])))
+
+    def _find_lost_writes(self, lost: int) -> None:
+        """Writes whose WAL end is unknown end at or before the primary's WAL end now."""
+        assert self._replicas is not None
+        with _Autocommit(self, writes=False) as conn:
+            row = conn.execute(_WAL_END).fetchone()
+        assert row is not None
+        self._replicas.routing.wrote(parse_lsn(str(row[0])), found=lost)
 
     def replica_health(self) -> list[ReplicaHealth]:
         """Each replica checked now (state, replay lag); empty without replicas."""
@@ -506,14 +527,15 @@ class _Autocommit:
         conn = self._conn
         engine = self._engine
         try:
+            # Even after an error: an earlier statement of the block may have written.
+            if self._writes and engine._replicas is not None:
+                engine._note_write(conn)
             if isinstance(exc, psycopg.OperationalError) and conn.broken:
                 raise lost_connection(engine.target, exc) from exc
             if isinstance(exc, psycopg.errors.ReadOnlySqlTransaction):
                 refused = read_only_error(engine.target, conn, exc)
                 if refused is not None:
                     raise refused from exc
-            if exc is None and self._writes and engine._replicas is not None:
-                engine._note_write(conn)
         finally:
             self._engine._release(conn, self._pool)
 

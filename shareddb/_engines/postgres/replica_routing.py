@@ -67,6 +67,9 @@ class Routing:
         self.read_your_writes = read_your_writes
         # The end of this service's last committed write on the primary.
         self.required_lsn = 0
+        # Writes whose end could not be learnt (counted): until the primary's WAL end
+        # is read again, no replica is known to have them.
+        self.lost_writes = 0
         self._next = 0  # round robin among usable replicas
         self._lock = threading.Lock()
 
@@ -99,7 +102,9 @@ class Routing:
         return False
 
     def _behind(self, replica: ReplicaHealth) -> bool:
-        return self.read_your_writes and replica.replay_lsn < self.required_lsn
+        return self.read_your_writes and (
+            self.lost_writes > 0 or replica.replay_lsn < self.required_lsn
+        )
 
     def usable(self, index: int) -> bool:
         """After a check: whether the replica may serve the read now."""
@@ -109,11 +114,23 @@ class Routing:
 
     # -- what was learnt -------------------------------------------------------------
 
-    def wrote(self, lsn: int) -> None:
-        """This service committed a write that ends at `lsn` on the primary."""
+    def wrote(self, lsn: int, *, found: int = 0) -> None:
+        """This service committed a write that ends at or before `lsn` on the primary.
+
+        `found`: the `lost_writes` seen before `lsn` was read, which it covers; writes
+        lost since stay lost.
+        """
         with self._lock:
             if lsn > self.required_lsn:
                 self.required_lsn = lsn
+            if found and found == self.lost_writes:
+                self.lost_writes = 0
+
+    def lost_write(self) -> None:
+        """This service may have committed a write whose end it could not learn."""
+        if self.read_your_writes:
+            with self._lock:
+                self.lost_writes += 1
 
     def checked(
         self,

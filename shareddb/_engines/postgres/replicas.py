@@ -45,20 +45,33 @@ _NO_VECTOR_TYPES: Final = "_shareddb_no_vector_types"
 
 
 class ReplicaConnections:
-    """The idle connections of one replica, made on demand (no background threads)."""
+    """The connections of one replica, at most `max_size`, made on demand (no threads)."""
 
-    def __init__(self, target: DbTarget, max_idle: int) -> None:
+    def __init__(self, target: DbTarget, max_size: int) -> None:
         self.target = target
-        self._max_idle = max_idle
         self._idle: list[PgConnection] = []
+        self._max_size = max_size
         self._lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(max_size)
 
-    def get(self) -> PgConnection:
-        """An idle connection, or a new one; DatabaseUnavailableError when it can't connect."""
-        with self._lock:
-            conn = self._idle.pop() if self._idle else None
-        if conn is not None and not (conn.closed or conn.broken):
-            return conn
+    def get(self) -> PgConnection | None:
+        """An idle connection, or a new one; None when all are in use.
+
+        DatabaseUnavailableError when the replica can't be reached.
+        """
+        if not self._slots.acquire(blocking=False):
+            return None  # the primary's pool, which waits its turn, serves this read
+        try:
+            with self._lock:
+                conn = self._idle.pop() if self._idle else None
+            if conn is not None and not (conn.closed or conn.broken):
+                return conn
+            return self._connect()
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def _connect(self) -> PgConnection:
         conn = connect(self.target, CONNECT_TIMEOUT, autocommit=True)
         try:
             if not register_types(conn):
@@ -69,18 +82,20 @@ class ReplicaConnections:
         return conn
 
     def put(self, conn: PgConnection) -> None:
-        """Keep `conn` for the next read, or close it (broken, busy, outdated, too many)."""
-        reusable = (
-            not conn.broken
-            and conn.info.transaction_status == TransactionStatus.IDLE
-            and not getattr(conn, _NO_VECTOR_TYPES, False)
-        )
-        if reusable:
-            with self._lock:
-                if len(self._idle) < self._max_idle:
+        """Keep `conn` for the next read, or close it (broken, busy, made too early)."""
+        try:
+            reusable = (
+                not conn.broken
+                and conn.info.transaction_status == TransactionStatus.IDLE
+                and not getattr(conn, _NO_VECTOR_TYPES, False)
+            )
+            if reusable:
+                with self._lock:
                     self._idle.append(conn)
-                    return
-        conn.close()
+                return
+            conn.close()
+        finally:
+            self._slots.release()
 
     def clear(self) -> None:
         """Close the idle connections (the replica went away, or the service closes)."""
@@ -91,8 +106,10 @@ class ReplicaConnections:
 
     def forget(self) -> list[PgConnection]:
         """Let go of the idle connections without closing them (after fork())."""
-        with self._lock:
-            idle, self._idle = self._idle, []
+        idle, self._idle = self._idle, []
+        # The parent's threads may have held these at fork(): the child starts afresh.
+        self._lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(self._max_size)
         return idle
 
 
@@ -107,14 +124,14 @@ class ReplicaSet:
         self,
         targets: Sequence[DbTarget],
         *,
-        max_idle: int,
+        max_size: int,
         max_lag: float,
         read_your_writes: bool,
     ) -> None:
         self.routing = Routing(
             [t.masked for t in targets], max_lag=max_lag, read_your_writes=read_your_writes
         )
-        self._connections = [ReplicaConnections(t, max_idle) for t in targets]
+        self._connections = [ReplicaConnections(t, max_size) for t in targets]
 
     def read(self, work: Callable[[PgConnection], T], on_primary: Callable[[], T]) -> T:
         """`work` on a replica that may serve it, else `on_primary()`."""
@@ -157,6 +174,8 @@ class ReplicaSet:
         except DatabaseUnavailableError as e:
             self._failed(index, str(e))
             raise _Skip from None
+        if conn is None:
+            raise _Skip
         try:
             if left_recovery(conn):
                 self._promoted(index)
@@ -223,6 +242,8 @@ class ReplicaSet:
             except DatabaseUnavailableError as e:
                 self._failed(index, str(e))
                 continue
+            if conn is None:
+                continue  # busy serving reads: what is known stands
             try:
                 self._check(index, conn)
             except _Skip:
