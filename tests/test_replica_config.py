@@ -112,3 +112,17 @@ def test_status_shows_each_replica_with_its_state_and_lag(
     doctor = run_cli("doctor", "--config", str(file))
     assert "Traceback" not in doctor.stderr, doctor.stderr
     assert "healthy, replay lag" in doctor.stdout and ": down (" in doctor.stdout
+
+
+@pytest.mark.postgres
+def test_a_replica_that_is_down_costs_no_error_and_shows_no_password(
+    pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    down = "postgresql://alice:s3cret@127.0.0.1:9/app"
+    with DbService(pg_url, replicas=[down]) as db:
+        db.initialize()
+        assert db.query_value("SELECT 41 + 1", read_only=True) == 42  # served by the primary
+        health = db.engine.replica_health()
+    assert health[0].state == "down"
+    assert "s3cret" not in (health[0].reason or "") and "s3cret" not in health[0].name
+    assert "skipped" in caplog.text and "s3cret" not in caplog.text

@@ -10,6 +10,7 @@ from __future__ import annotations
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -192,3 +193,69 @@ def test_read_only_query_must_only_read(replicated: tuple[str, str]) -> None:
         with pytest.raises(InvalidArgumentError, match="read_only=True is for statements"):
             db.query("CREATE TABLE t (x int)", read_only=True)
         assert db.query_value("SELECT to_regclass('t') IS NULL") is True
+
+
+@pytest.fixture
+def paused(replicated: tuple[str, str], standby_server: Standby) -> Iterator[tuple[str, str]]:
+    """An initialized database with md#1 and session s1, whose standby then stops replaying."""
+    primary, replica = replicated
+    with DbService(primary) as db:
+        db.initialize()
+        VectorStorage(db).upsert("md#1", vector(1))
+        SessionStorage(db).add(SessionRecord(session="s1", repo_name="r", repo_url="u"))
+    standby_server.wait_for(primary.split("?")[0].rsplit("/", 1)[1])
+    with psycopg.connect(replica, autocommit=True) as conn:
+        conn.execute("SELECT pg_wal_replay_pause()")
+        try:
+            yield primary, replica
+        finally:
+            conn.execute("SELECT pg_wal_replay_resume()")
+
+
+def test_every_replica_read_runs_on_the_replica(paused: tuple[str, str]) -> None:
+    """What the paused standby answers differs from the primary: each read shows where it ran."""
+    primary, replica = paused
+    with DbService(primary) as db:  # another writer: no read-your-writes mark on the reader
+        VectorStorage(db).upsert("md#2", vector(2), metadata={"task": "md#9"})
+        # Enough rows for the primary's planner to search through the index.
+        VectorStorage(db).upsert_many((f"more#{i}", vector(i)) for i in range(2000))
+        index = VectorStorage(db).create_index(dimension=DIM)
+        SessionStorage(db).add(
+            SessionRecord(session="s2", repo_name="r", repo_url="u", task_id="md#9")
+        )
+    with DbService(primary, replicas=[replica], max_replica_lag=3600) as db:
+        vectors, sessions = VectorStorage(db), SessionStorage(db)
+        assert vectors.count() == 1
+        assert vectors.get("md#2") is None and vectors.get_record("md#2") is None
+        assert not vectors.exists("md#2")
+        assert list(vectors.get_many(["md#1", "md#2"])) == ["md#1"]
+        assert list(vectors.ids()) == ["md#1"]
+        assert [r.qualified_task_id for r in vectors.search(vector(2), k=5)] == ["md#1"]
+        assert [r.qualified_task_id for r in vectors.search_by_id("md#1", k=5)] == []
+        assert vectors.stale({"md#2": "h"}) == ["md#2"]
+        assert vectors.indexes() == []
+        assert index not in vectors.explain(vector(2), k=5)
+        assert [s.session for s in sessions.list()] == ["s1"]
+        assert sessions.get("s2") is None and sessions.get_by_task("md#9") is None
+        assert db.query_value("SELECT count(*) FROM sessions", read_only=True) == 1
+        # Without read_only, and with conn=, the primary answers.
+        assert db.query_value("SELECT count(*) FROM sessions") == 2
+        with db.transaction() as conn:
+            assert vectors.count(conn=conn) == 2002 and sessions.get("s2", conn=conn) is not None
+            assert index in vectors.explain(vector(2), k=5, conn=conn)
+        # Its own write: from now on this service reads it back, from the primary.
+        vectors.upsert("md#3", vector(3))
+        assert vectors.count() == 2003 and vectors.get("md#2") is not None
+
+
+def test_a_replica_past_max_replica_lag_is_skipped(paused: tuple[str, str]) -> None:
+    primary, replica = paused
+    with DbService(primary) as db:
+        VectorStorage(db).upsert("md#2", vector(2))  # the standby receives it, and waits
+    time.sleep(0.6)
+    with DbService(primary, replicas=[replica], max_replica_lag=0.5, read_your_writes=False) as db:
+        vectors = VectorStorage(db)
+        assert vectors.get("md#2") is not None  # the primary answered
+        health = db.engine.replica_health()
+        assert health[0].state == "lagging", health
+        assert "max_replica_lag=0.5" in (health[0].reason or "")

@@ -224,8 +224,9 @@ class ReplicaSet:
 
     def _failed(self, index: int, reason: str) -> None:
         replica = self._connections[index]
+        reason = replica.target.scrub(reason)
         logger.warning("replica %s skipped: %s", replica.target.masked, reason)
-        self.routing.failed(index, time.monotonic(), replica.target.scrub(reason))
+        self.routing.failed(index, time.monotonic(), reason)
         replica.clear()
 
     def _promoted(self, index: int) -> None:
