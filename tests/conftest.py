@@ -124,6 +124,5 @@ def standby_server(pg_server_url: str) -> Iterator[Standby]:
 @pytest.fixture
 def replicated(pg_url: str, standby_server: Standby) -> tuple[str, str]:
     """A fresh database on the primary and its url on the standby (replayed there)."""
-    dbname = pg_url.split("?")[0].rsplit("/", 1)[1]
-    standby_server.wait_for(dbname)
-    return pg_url, standby_server.url(dbname)
+    standby_server.wait_for(pg_url)
+    return pg_url, standby_server.replica_of(pg_url)

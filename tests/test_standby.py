@@ -34,7 +34,7 @@ def test_writes_on_a_standby_raise_read_only_database_error(
     with DbService(primary) as db:
         db.initialize()
         VectorStorage(db).upsert("md#1", np.ones(4))
-    standby_server.wait_for(replica.split("?")[0].rsplit("/", 1)[1])
+    standby_server.wait_for(primary)
     with DbService(replica) as db:
         assert db.initialize().up_to_date  # nothing to do: one read, fine on a standby
         vectors = VectorStorage(db)

@@ -40,6 +40,9 @@ CONNECT_TIMEOUT: Final = 2.0
 # Errors of a standby's recovery (a query cancelled by replay): the primary has no such
 # conflict, so the read runs there.
 _RECOVERY_CONFLICTS: Final = frozenset({"40001", "40P01"})
+# A table, column, type or function the replica has not replayed yet (made by another
+# process, or read without read-your-writes): the primary's answer, or error, decides.
+_NOT_REPLAYED_YET: Final = frozenset({"42P01", "42703", "42704", "42883"})
 # An attribute on replica connections made before pgvector's types existed there.
 _NO_VECTOR_TYPES: Final = "_shareddb_no_vector_types"
 
@@ -205,6 +208,10 @@ class ReplicaSet:
                 raise _Skip from None
             if e.sqlstate in _RECOVERY_CONFLICTS:
                 logger.info("read on replica %s cancelled by its recovery", replica.target.masked)
+                raise _Skip from None
+            raise
+        except psycopg.ProgrammingError as e:
+            if e.sqlstate in _NOT_REPLAYED_YET:
                 raise _Skip from None
             raise
         finally:
