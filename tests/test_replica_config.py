@@ -126,3 +126,11 @@ def test_a_replica_that_is_down_costs_no_error_and_shows_no_password(
     assert health[0].state == "down"
     assert "s3cret" not in (health[0].reason or "") and "s3cret" not in health[0].name
     assert "skipped" in caplog.text and "s3cret" not in caplog.text
+
+
+def test_shareddb_config_lists_the_replicas_masked(tmp_path: Path) -> None:
+    file = write_config(tmp_path, f'[db]\nurl = "{PRIMARY}"\nreplicas = ["{REPLICA}"]\n')
+    shown = run_cli("config", "--config", str(file))
+    assert shown.returncode == 0, shown.stderr
+    assert "replica      postgresql://alice:***@replica.example.com:5432/app" in shown.stdout
+    assert "s3cret" not in shown.stdout
