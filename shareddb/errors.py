@@ -33,6 +33,15 @@ class DatabaseUnavailableError(ShareddbError):
     """The database could not be reached, or no connection was free in time."""
 
 
+class ReadOnlyDatabaseError(ShareddbError):
+    """A write, or `initialize()` with work to do, was sent to a server that refuses writes.
+
+    Raised for a hot standby (a read replica in recovery) and for a server whose
+    ``default_transaction_read_only`` is on; the message says which, and to point
+    writes at the primary.
+    """
+
+
 class MigrationError(ShareddbError):
     """A migration could not be discovered, verified or applied.
 

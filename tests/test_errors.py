@@ -19,6 +19,7 @@ from shareddb import (
     MigrationError,
     MigrationLockTimeout,
     MigrationThroughPoolerError,
+    ReadOnlyDatabaseError,
     SessionExistsError,
     SessionNotFoundError,
     ShareddbError,
@@ -53,6 +54,7 @@ FAMILY: dict[type[BaseException], set[type[BaseException]]] = {
     MigrationLockTimeout: {ShareddbError, MigrationError},
     MigrationThroughPoolerError: {ShareddbError, MigrationError},
     ExtensionMissingError: {ShareddbError},
+    ReadOnlyDatabaseError: {ShareddbError},
 }
 
 

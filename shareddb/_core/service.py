@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from functools import cached_property
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
+from shareddb._core.replica_options import DEFAULT_MAX_REPLICA_LAG, replica_options
 from shareddb._core.types import Connection, EngineKind, Pooler
 from shareddb._core.url import DbTarget, parse_url
 from shareddb._engines import Engine, engine_for
@@ -59,6 +60,13 @@ class DbService:
         is relied on; migrations need `direct_url`.
     :param direct_url: a URL that reaches the PostgreSQL server itself, not a pooler:
         `initialize()` applies migrations over it (their lock is a session lock).
+    :param replicas: PostgreSQL read replicas (streaming standbys of `url`, as libpq
+        URIs): the reads that may run on one go to a healthy replica, everything else
+        to `url` (see "Read replicas" in the README).
+    :param max_replica_lag: seconds of replay lag past which a replica serves no reads.
+    :param read_your_writes: reads go only to replicas that have replayed this
+        service's last write (else to the primary); False accepts up to
+        `max_replica_lag` of staleness for fewer reads on the primary.
     """
 
     def __init__(
@@ -71,6 +79,9 @@ class DbService:
         timeout: float = 30.0,
         pooler: Pooler | None = None,
         direct_url: str | None = None,
+        replicas: Sequence[str] = (),
+        max_replica_lag: float = DEFAULT_MAX_REPLICA_LAG,
+        read_your_writes: bool = True,
     ) -> None:
         target: DbTarget = parse_url(url)
         pooler = pooler_value(pooler, "pooler")
@@ -84,6 +95,7 @@ class DbService:
         if not isinstance(timeout, int | float) or not timeout > 0:
             raise ConfigError(f"timeout={timeout!r} must be a number of seconds > 0")
         self._schema_dirs = {ns: Path(folder) for ns, folder in (schema_dirs or {}).items()}
+        replication = replica_options(target, replicas, max_replica_lag, read_your_writes)
         self._engine = engine_for(
             target,
             min_size=min_size,
@@ -91,6 +103,7 @@ class DbService:
             timeout=float(timeout),
             pooler=pooler,
             direct=direct,
+            **replication,
         )
 
     @classmethod
@@ -99,12 +112,14 @@ class DbService:
 
         Keyword arguments are as for the constructor. A ``schema_dirs=`` argument is
         merged with ``config.schema_dirs`` (``[db.schema_dirs]``): its namespaces are
-        added, and where both name one, the argument's folder wins. ``pooler`` and
-        ``direct_url`` come from the configuration unless given as arguments.
+        added, and where both name one, the argument's folder wins. ``pooler``,
+        ``direct_url`` and the replicas of ``[db]`` (``replicas``, ``max_replica_lag``,
+        ``read_your_writes``) come from the configuration unless given as arguments.
         """
         extra: Mapping[str, str | os.PathLike[str]] = kwargs.pop("schema_dirs", None) or {}
         kwargs.setdefault("pooler", config.pooler)
         kwargs.setdefault("direct_url", config.direct_url)
+        kwargs = {**config.replication, **kwargs}  # arguments win
         return cls(config.url, schema_dirs={**config.schema_dirs, **extra}, **kwargs)
 
     def __repr__(self) -> str:
@@ -257,26 +272,44 @@ class DbService:
         return self._statements.executemany(sql, seq_of_params, conn)
 
     def query(
-        self, sql: str, params: Mapping[str, Any] | None = None, *, conn: Connection | None = None
+        self,
+        sql: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        conn: Connection | None = None,
+        read_only: bool = False,
     ) -> list[dict[str, Any]]:
         """Every row of a statement as a dict keyed by column name.
 
         Values come back typed on both engines (on SQLite from the declared type of
         each column). For results too large for memory use `iter_query()`.
+        ``read_only=True`` says the statement only reads (a SELECT or VALUES without
+        side effects; anything else raises InvalidArgumentError before it runs): with
+        `replicas`, it may then run on one (see "Read replicas" in the README).
         """
-        return self._statements.query(sql, params, conn)
+        return self._statements.query(sql, params, conn, read_only)
 
     def query_one(
-        self, sql: str, params: Mapping[str, Any] | None = None, *, conn: Connection | None = None
+        self,
+        sql: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        conn: Connection | None = None,
+        read_only: bool = False,
     ) -> dict[str, Any] | None:
         """The first row of a statement as a dict, or None when there is none."""
-        return self._statements.query_one(sql, params, conn)
+        return self._statements.query_one(sql, params, conn, read_only)
 
     def query_value(
-        self, sql: str, params: Mapping[str, Any] | None = None, *, conn: Connection | None = None
+        self,
+        sql: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        conn: Connection | None = None,
+        read_only: bool = False,
     ) -> Any:
         """The first column of the first row (``SELECT count(*) ...``), or None without a row."""
-        return self._statements.query_value(sql, params, conn)
+        return self._statements.query_value(sql, params, conn, read_only)
 
     def iter_query(
         self,

@@ -19,8 +19,13 @@ def engine_for(
     timeout: float,
     pooler: Pooler | None = None,
     direct: DbTarget | None = None,
+    **replication: Any,
 ) -> Engine[Any]:
-    """The engine of `target`'s database kind (no I/O); `pooler` and `direct` are PostgreSQL's."""
+    """The engine of `target`'s database kind (no I/O).
+
+    PostgreSQL only: `pooler`, `direct` (the direct_url target) and `replication`
+    (replicas, max_replica_lag, read_your_writes).
+    """
     if target.engine == "postgres":
         from shareddb._engines.postgres.engine import PostgresEngine
 
@@ -31,6 +36,7 @@ def engine_for(
             timeout=timeout,
             pooler=pooler,
             direct=direct,
+            **replication,
         )
     from shareddb._engines.sqlite.engine import SqliteEngine
 

@@ -66,16 +66,19 @@ def schema_dirs(args: argparse.Namespace, config: DbConfig | None = None) -> dic
 def service(args: argparse.Namespace, url: str, config: DbConfig | None = None) -> DbService:
     """A DbService for `url` with the namespaces of `config` and ``--schema-dir``.
 
-    The configuration's pooler applies too, and its direct_url when `url` is its url.
+    The configuration's pooler applies too; its direct_url and replicas when `url` is its url.
     """
     pooler = config.pooler if config is not None else None
-    direct_url = config.direct_url if config is not None and url == config.url else None
+    own = config is not None and url == config.url
+    direct_url = config.direct_url if config is not None and own else None
+    replication = dict(config.replication) if config is not None and own else {}
     return DbService(
         url,
         schema_dirs=schema_dirs(args, config),
         timeout=args.timeout,
         pooler=pooler,
         direct_url=direct_url,
+        **replication,
     )
 
 

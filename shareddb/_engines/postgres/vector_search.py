@@ -113,10 +113,10 @@ class PostgresSearch:
         self, request: SearchRequest, conn: Connection | None
     ) -> list[SearchResult] | list[SearchHit]:
         if conn is None:
-            # The lean path: a pooled connection resting in autocommit mode, its reused
-            # binary cursor, one autocommitted statement (its settings end with it).
-            with self._engine.statement() as c:
-                return self._search(c, binary_cursor(c), request, own=True)
+            # The lean path: a pooled connection (of the primary or a replica) resting in
+            # autocommit mode, its reused binary cursor, one autocommitted statement (its
+            # settings end with it).
+            return self._engine.read(lambda c: self._search(c, binary_cursor(c), request, own=True))
         checked = self._engine.checked(conn)
         return self._search(checked, checked.cursor(binary=True), request, own=False)
 
@@ -289,10 +289,10 @@ class PostgresSearch:
         return statement, params, settings, tuple(values)
 
     def explain(self, request: SearchRequest, conn: Connection | None) -> str:
-        with (
-            self._engine.joined(conn) as c,
-            self._engine.savepoint(c, "shareddb_explain", rollback=True),
-        ):
+        return self._engine.read(lambda c: self._explain(c, request), conn)
+
+    def _explain(self, c: PgConnection, request: SearchRequest) -> str:
+        with self._engine.savepoint(c, "shareddb_explain", rollback=True):
             statement, params, settings, values = self._plan(c, request, request.dimension)
             lines: list[str] = []
             if settings:
