@@ -5,8 +5,10 @@ from __future__ import annotations
 import itertools
 import math
 import statistics
+import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,3 +97,28 @@ def time_round_robin(
 def median_of(repeat: int, work: Callable[[], float]) -> float:
     """The median of `repeat` runs of `work`, which returns the seconds it measured."""
     return statistics.median(work() for _ in range(repeat))
+
+
+def time_threads(call: Callable[[Any], Any], items: Sequence[Any], threads: int) -> list[float]:
+    """Seconds of every call, `threads` threads calling at once, each through all `items`.
+
+    The threads start together (a barrier) and each starts at another item, so they
+    are not all on the same one at the same time.
+    """
+    start_line = threading.Barrier(threads)
+    clock = time.perf_counter
+
+    def caller(first: int) -> list[float]:
+        seconds: list[float] = []
+        start_line.wait()
+        for i in range(len(items)):
+            item = items[(first + i) % len(items)]
+            start = clock()
+            call(item)
+            seconds.append(clock() - start)
+        return seconds
+
+    with ThreadPoolExecutor(threads) as pool:
+        spread = max(1, len(items) // threads)
+        futures = [pool.submit(caller, t * spread) for t in range(threads)]
+        return [s for future in futures for s in future.result()]
