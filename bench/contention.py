@@ -78,12 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="busy-loop processes keeping the cores busy [default: %(default)s, the cores]",
     )
     parser.add_argument(
-        "--calls", type=int, default=8, help="searches per thread per turn [default: %(default)s]"
+        "--calls", type=int, default=4, help="searches per thread per turn [default: %(default)s]"
     )
     parser.add_argument(
         "--rounds",
         type=int,
-        default=6,
+        default=3,
         help="turns of every client under load [default: %(default)s]",
     )
     parser.add_argument(
