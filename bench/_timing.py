@@ -99,11 +99,13 @@ def median_of(repeat: int, work: Callable[[], float]) -> float:
     return statistics.median(work() for _ in range(repeat))
 
 
-def time_threads(call: Callable[[Any], Any], items: Sequence[Any], threads: int) -> list[float]:
-    """Seconds of every call, `threads` threads calling at once, each through all `items`.
+def time_threads(
+    call: Callable[[Any], Any], items: Sequence[Any], threads: int, calls: int
+) -> list[float]:
+    """Seconds of every call, `threads` threads calling at once, `calls` calls each.
 
-    The threads start together (a barrier) and each starts at another item, so they
-    are not all on the same one at the same time.
+    The threads start together (a barrier); thread t takes items t * calls onwards
+    (wrapping around), so they are not all on the same item at the same time.
     """
     start_line = threading.Barrier(threads)
     clock = time.perf_counter
@@ -111,7 +113,7 @@ def time_threads(call: Callable[[Any], Any], items: Sequence[Any], threads: int)
     def caller(first: int) -> list[float]:
         seconds: list[float] = []
         start_line.wait()
-        for i in range(len(items)):
+        for i in range(calls):
             item = items[(first + i) % len(items)]
             start = clock()
             call(item)
@@ -119,6 +121,5 @@ def time_threads(call: Callable[[Any], Any], items: Sequence[Any], threads: int)
         return seconds
 
     with ThreadPoolExecutor(threads) as pool:
-        spread = max(1, len(items) // threads)
-        futures = [pool.submit(caller, t * spread) for t in range(threads)]
+        futures = [pool.submit(caller, t * calls) for t in range(threads)]
         return [s for future in futures for s in future.result()]

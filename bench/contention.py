@@ -127,14 +127,12 @@ def under_load(
     orders = list(itertools.permutations(names))
     seconds: dict[str, list[float]] = {name: [] for name in names}
     rounds: list[dict[str, float]] = []
-    items = list(queries[: args.threads * args.calls])
-    per_thread = max(1, len(items) // args.threads)
     for turn in range(args.rounds):
         this_round: dict[str, float] = {}
         for name in orders[turn % len(orders)]:
             limit = threadpool_limits(1, user_api="blas") if name == FLOOR else None
             try:
-                got = time_threads(clients[name], items[: per_thread * args.threads], args.threads)
+                got = time_threads(clients[name], queries, args.threads, args.calls)
             finally:
                 if limit is not None:
                     limit.restore_original_limits()
