@@ -56,6 +56,14 @@ from threadpoolctl import threadpool_info, threadpool_limits
 from shareddb import DbService
 from shareddb.vectors import VectorStorage
 
+# A busy loop that ends when this script does, however it ends.
+SPIN = """
+import os
+parent = os.getppid()
+while os.getppid() == parent:
+    for _ in range(1_000_000):
+        pass
+"""
 FLOOR = "numpy 1 thread"
 STATUS_QUO = "numpy"
 
@@ -102,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
 @contextlib.contextmanager
 def busy_processes(count: int) -> Iterator[None]:
     """`count` other processes spinning on the CPU for as long as the block runs."""
-    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+    spinners = [subprocess.Popen([sys.executable, "-c", SPIN]) for _ in range(count)]
     try:
         time.sleep(0.5)  # let the scheduler see them running
         yield

@@ -10,9 +10,10 @@ dot per row (numpy's ``vecdot``), which OpenBLAS never threads for rows this sho
 ``einsum``, which calls no BLAS at all, for longer rows.
 
 The parallelism comes from shareddb's own helper threads: a large product is cut into
-parts, the helpers are offered all but the first, and the caller, once its own part is
-done, takes back every part no helper has started. On an idle machine the helpers share
-the work; on a busy one the caller never waits for a helper that is not running.
+parts that the caller and the helpers claim one at a time until none is left, so whoever
+runs does the work. On an idle machine the helpers take their share at once; on a busy
+one a helper that is not scheduled claims nothing, and the caller waits at most for the
+part a helper is computing, never for a helper that has not started.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ import numpy as np
 BLAS_DOT_MAX: Final = 8192
 # Below this many elements per part, a part is done before a helper could start it.
 PART_MIN: Final = 1 << 20
+# Parts per product at most: small enough that a preempted helper's part is a short wait.
+PARTS_MAX: Final = 16
 HELPER_PREFIX: Final = "shareddb-ranking"
 
 Array = np.ndarray[Any, Any]
@@ -50,14 +53,14 @@ class _Helpers:
         self.lock = threading.Lock()
         self.pool: ThreadPoolExecutor | None = None
 
-    def offer(self, rows: Array, vector: Array, out: Array) -> Future[None] | None:
-        """A helper's future for ``out[:] = rows · vector``; None once Python is shutting down."""
+    def offer(self, product: _Product) -> Future[None] | None:
+        """A helper's future for working on `product`; None once Python is shutting down."""
         with self.lock:
             if self.pool is None:
                 self.pool = ThreadPoolExecutor(self.cpus - 1, thread_name_prefix=HELPER_PREFIX)
             pool = self.pool
         try:
-            return pool.submit(_row_dots_here, rows, vector, out)
+            return pool.submit(product.work)
         except RuntimeError:  # "cannot schedule new futures after interpreter shutdown"
             return None
 
@@ -88,20 +91,39 @@ def _row_dots_here(rows: Array, vector: Array, out: Array) -> None:
         np.einsum("ij,j->i", rows, vector, out=out)
 
 
+class _Product:
+    """``out[:] = rows · vector``, cut into parts claimed one at a time by whoever is free."""
+
+    def __init__(self, rows: Array, vector: Array, out: Array, parts: int) -> None:
+        self.rows, self.vector, self.out = rows, vector, out
+        step = -(-rows.shape[0] // parts)
+        self.spans = [slice(start, start + step) for start in range(0, rows.shape[0], step)]
+        self.claimed = 0
+        self.lock = threading.Lock()
+
+    def work(self) -> None:
+        """Compute unclaimed parts until none is left."""
+        while True:
+            with self.lock:
+                if self.claimed == len(self.spans):
+                    return
+                span = self.spans[self.claimed]
+                self.claimed += 1
+            _row_dots_here(self.rows[span], self.vector, self.out[span])
+
+
 def row_dots(rows: Array, vector: Array) -> Array:
     """``rows @ vector`` (one dot per row) without BLAS threads, shared with idle helpers."""
     out = np.empty(rows.shape[0], dtype=np.result_type(rows, vector))
-    parts = min(_helpers.cpus, rows.size // PART_MIN, rows.shape[0])
-    if parts < 2:
+    parts = min(PARTS_MAX, rows.size // PART_MIN, rows.shape[0])
+    if parts < 2 or _helpers.cpus < 2:
         _row_dots_here(rows, vector, out)
         return out
-    step = -(-rows.shape[0] // parts)
-    spans = [slice(start, start + step) for start in range(0, rows.shape[0], step)]
-    offered = [(_helpers.offer(rows[s], vector, out[s]), s) for s in spans[1:]]
-    _row_dots_here(rows[spans[0]], vector, out[spans[0]])
-    for future, span in offered:
-        if future is None or future.cancel():  # no helper started it: do it here
-            _row_dots_here(rows[span], vector, out[span])
-        else:
+    product = _Product(rows, vector, out, parts)
+    offered = [_helpers.offer(product) for _ in range(min(_helpers.cpus - 1, parts - 1))]
+    product.work()
+    for future in offered:
+        # A helper that started finishes its last part; one that didn't is not waited for.
+        if future is not None and not future.cancel():
             future.result()
     return out
