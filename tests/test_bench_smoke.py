@@ -145,6 +145,24 @@ def test_sqlite_bench_finds_the_exact_neighbours_with_every_client(tmp_path: Pat
         assert all(r["recall"] == 1.0 for r in at.values())
 
 
+def test_contention_bench_times_every_client_under_load_and_finds_the_exact_neighbours(
+    tmp_path: Path,
+) -> None:
+    result = _run(
+        "contention.py",
+        *("--n", "2000", "--threads", "2", "--busy", "1", "--calls", "2", "--rounds", "2"),
+        *("--idle-queries", "4", "--out", str(tmp_path)),
+    )
+
+    assert "| client | p50 ms |" in result.stdout
+    data = _report(tmp_path / "contention.json")
+    at = {r["client"]: r for r in data["records"]}
+    assert set(at) == {"shareddb", "numpy 1 thread", "numpy"}
+    assert all(r["calls"] == 2 * 2 * 2 for r in at.values())  # rounds x threads x calls
+    assert at["shareddb"]["recall"] == 1.0
+    assert data["machine"]["blas_limits_unchanged_by_shareddb"] is True
+
+
 @pytest.mark.postgres
 def test_load_bench_measures_every_loader_and_initialize(
     pg_server_url: str, tmp_path: Path
@@ -187,6 +205,6 @@ def test_load_bench_measures_every_loader_and_initialize(
 
 
 def test_bench_scripts_explain_their_options() -> None:
-    for script in ("search.py", "load.py", "sqlite.py"):
+    for script in ("search.py", "load.py", "sqlite.py", "contention.py"):
         result = _run(script, "--help")
         assert "[default:" in result.stdout
