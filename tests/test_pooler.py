@@ -479,6 +479,24 @@ def test_shareddb_init_names_direct_url_then_migrates_over_it(
         assert db.initialize().up_to_date
 
 
+def test_shareddb_copy_into_the_pooler_migrates_over_the_configured_direct_url(
+    pg_url: str, pgbouncer: Bouncer, tmp_path: Path
+) -> None:
+    source = f"sqlite:///{tmp_path / 'source.db'}"
+    with DbService(source) as db:
+        db.initialize()
+        VectorStorage(db).upsert("md#1", [1.0, 2.0], metadata={"status": "open"})
+    through = pgbouncer.url(pg_url)
+    file = tmp_path / "config.toml"
+    file.write_text(f'[db]\nurl = "{through}"\npooler = "transaction"\ndirect_url = "{pg_url}"\n')
+    # The destination is the configuration's url: its pooler and direct_url apply.
+    copied = run_cli("copy", "--from", source, "--to", through, env={"SHAREDDB_CONFIG": str(file)})
+    assert copied.returncode == 0, copied.stdout + copied.stderr
+    with DbService(pg_url) as db:
+        record = VectorStorage(db).get_record("md#1")
+        assert record is not None and record.metadata == {"status": "open"}
+
+
 def test_direct_url_that_reaches_the_pooler_is_refused(pg_url: str, pgbouncer: Bouncer) -> None:
     through = pgbouncer.url(pg_url)
     with (
