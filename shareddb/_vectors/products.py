@@ -57,7 +57,8 @@ class _Helpers:
         """A helper's future for working on `product`; None once Python is shutting down."""
         with self.lock:
             if self.pool is None:
-                self.pool = ThreadPoolExecutor(self.cpus - 1, thread_name_prefix=HELPER_PREFIX)
+                # One per CPU, not one less: the caller itself may be waiting for a core.
+                self.pool = ThreadPoolExecutor(self.cpus, thread_name_prefix=HELPER_PREFIX)
             pool = self.pool
         try:
             return pool.submit(product.work)
@@ -120,7 +121,7 @@ def row_dots(rows: Array, vector: Array) -> Array:
         _row_dots_here(rows, vector, out)
         return out
     product = _Product(rows, vector, out, parts)
-    offered = [_helpers.offer(product) for _ in range(min(_helpers.cpus - 1, parts - 1))]
+    offered = [_helpers.offer(product) for _ in range(min(_helpers.cpus, parts - 1))]
     product.work()
     for future in offered:
         # A helper that started finishes its last part; one that didn't is not waited for.
