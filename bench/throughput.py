@@ -58,6 +58,13 @@ from shareddb.vectors import VectorStorage
 TABLE = "task_embeddings"
 LANGCHAIN_TABLE = "bench_langchain"
 METRIC = "cosine"
+CLIENT_NAMES = (
+    "shareddb threads",
+    "psycopg threads",
+    "psycopg async",
+    "shareddb async",
+    "langchain-postgres async",
+)
 HAND_WRITTEN = {"shareddb threads": "psycopg threads", "shareddb async": "psycopg async"}
 
 
@@ -386,6 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     concurrency = parse_ints(args.concurrency)
+    wanted_clients(args.clients)  # a typo fails here, before the load
     base, queries = minilm_mixture(data_dir(args.data_dir), args.n, seed=args.seed)
     dim, k = base.shape[1], args.k
     report = Report(
@@ -410,9 +418,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for client in turn_order(clients, turn):
                     got = client.measure(callers, pool, queries, args.warmup, args.seconds)
                     results.setdefault((client.name, callers), []).append(got)
+                    # pgbench's "pool" is its -c: its connections (capped, see pgbench_client)
+                    connections = got.callers if isinstance(client, Pgbench) else pool
                     report.records.append(
-                        {"client": client.name, "callers": callers, "pool": pool, "round": turn}
-                        | vars(got)
+                        vars(got)
+                        | {"client": client.name, "callers": callers, "pool": connections}
+                        | {"round": turn}
                     )
                     print(
                         f"  N={callers:>3} round {turn + 1} {client.name:<25} "
@@ -493,29 +504,52 @@ def make_clients(
     k: int,
     scratch: Path,
 ) -> list[Any]:
+    wanted = wanted_clients(args.clients)
     clients: list[Any] = [
         ShareddbThreads(url, k),
         PsycopgThreads(url, statement),
         PsycopgAsync(url, statement),
     ]
-    if hasattr(shareddb, "AsyncDbService"):
-        clients.append(ShareddbAsync(url, k))
-    else:
-        report.skip("shareddb async", "this shareddb has no AsyncDbService yet")
+    if "shareddb async" in wanted:
+        if hasattr(shareddb, "AsyncDbService"):
+            clients.append(ShareddbAsync(url, k))
+        else:
+            report.skip("shareddb async", "this shareddb has no AsyncDbService yet")
+    if "langchain-postgres async" in wanted:
+        peer = langchain_client(args, report, url, k, queries.shape[1])
+        if peer is not None:
+            clients.append(peer)
+    if "pgbench" in wanted:
+        bench = pgbench_client(args, report, url, statement, queries, scratch)
+        if bench is not None:
+            clients.append(bench)
+    return [c for c in clients if c.name in wanted]
+
+
+def wanted_clients(option: str) -> list[str]:
+    """The client names --clients gives ("all": every one); SystemExit naming an unknown one."""
+    names = [*CLIENT_NAMES, "pgbench"]
+    wanted = names if option == "all" else [n.strip() for n in option.split(",") if n.strip()]
+    unknown = sorted(set(wanted) - set(names))
+    if unknown:
+        raise SystemExit(f"--clients: unknown {', '.join(unknown)}; choose from {', '.join(names)}")
+    return wanted
+
+
+def langchain_client(
+    args: argparse.Namespace, report: Report, url: str, k: int, dim: int
+) -> LangchainAsync | None:
+    """The langchain-postgres client, its table loaded and indexed; None (and why) without it."""
     if args.no_peers:
         report.skip("langchain-postgres async", "--no-peers")
-    elif optional_import("langchain_postgres.v2", "the langchain-postgres client") is None:
+        return None
+    if optional_import("langchain_postgres.v2", "the langchain-postgres client") is None:
         report.skip("langchain-postgres async", f"not installed ({PEERS_HINT})")
-    else:
-        peer = LangchainAsync(url, k)
-        seconds = peer.load(queries.shape[1], args.m, args.ef_construction)
-        print(f"langchain-postgres: its table filled, HNSW built in {seconds:.1f} s", flush=True)
-        clients.append(peer)
-    bench = pgbench_client(args, report, url, statement, queries, scratch)
-    if bench is not None:
-        clients.append(bench)
-    wanted = args.clients.split(",") if args.clients != "all" else None
-    return [c for c in clients if wanted is None or c.name in wanted]
+        return None
+    peer = LangchainAsync(url, k)
+    seconds = peer.load(dim, args.m, args.ef_construction)
+    print(f"langchain-postgres: its table filled, HNSW built in {seconds:.1f} s", flush=True)
+    return peer
 
 
 def pgbench_client(
