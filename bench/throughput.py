@@ -57,6 +57,7 @@ from shareddb.vectors import VectorStorage
 
 TABLE = "task_embeddings"
 LANGCHAIN_TABLE = "bench_langchain"
+QUERY_TABLE = "bench_queries"  # pgbench's query vectors
 METRIC = "cosine"
 CLIENT_NAMES = (
     "shareddb threads",
@@ -74,11 +75,6 @@ def direct_statement(dim: int, k: int) -> sql.Composed:
         "SELECT qualified_task_id, (embedding::vector({dim})) <=> %s AS distance "
         "FROM {table} WHERE dimension = {dim} ORDER BY distance LIMIT {k}"
     ).format(dim=sql.Literal(dim), table=sql.Identifier(TABLE), k=sql.Literal(k))
-
-
-def vector_literal(query: np.ndarray) -> str:
-    """pgvector's text form of a float32 vector (each value round-trips exactly)."""
-    return "'[" + ",".join(repr(float(x)) for x in query) + "]'::vector"
 
 
 # -- clients ----------------------------------------------------------------------------------
@@ -315,8 +311,8 @@ class Pgbench:
 
     name = "pgbench"
 
-    def __init__(self, path: Path, url: str, scripts: list[Path], folder: Path, cap: int) -> None:
-        self.path, self.url, self.scripts, self.folder, self.cap = path, url, scripts, folder, cap
+    def __init__(self, path: Path, url: str, script: Path, folder: Path, cap: int) -> None:
+        self.path, self.url, self.script, self.folder, self.cap = path, url, script, folder, cap
 
     def measure(
         self, callers: int, pool: int, queries: np.ndarray, warmup: float, seconds: float
@@ -324,7 +320,7 @@ class Pgbench:
         return _pgbench.run(
             self.path,
             self.url,
-            self.scripts,
+            self.script,
             min(callers, self.cap),
             warmup=warmup,
             seconds=seconds,
@@ -376,10 +372,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="HNSW ef_construction [default: %(default)s]",
     )
     parser.add_argument(
-        "--pgbench-scripts",
+        "--queries",
         type=int,
-        default=16,
-        help="pgbench script files, one query literal each [default: %(default)s]",
+        default=200,
+        help="queries (of the set's 200) every client cycles through [default: %(default)s]",
     )
     parser.add_argument(
         "--clients",
@@ -395,6 +391,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     concurrency = parse_ints(args.concurrency)
     wanted_clients(args.clients)  # a typo fails here, before the load
     base, queries = minilm_mixture(data_dir(args.data_dir), args.n, seed=args.seed)
+    queries = queries[: args.queries]
     dim, k = base.shape[1], args.k
     report = Report(
         "throughput",
@@ -476,7 +473,7 @@ def load(
         report.facts["same_sql"] = ours == statement
         if ours != statement:
             report.skip("same SQL", f"direct: {statement}\nshareddb: {ours}")
-        report.facts["plan"] = explained
+        report.facts["plan"], report.facts["index"] = explained, index
         if index not in explained:
             report.skip("index check", f"the search does not use {index} (see machine.plan)")
         with psycopg.connect(url, autocommit=True) as conn:
@@ -573,10 +570,32 @@ def pgbench_client(
     # leave a few connections for this script's own and the server's.
     cap = max(1, limit - in_use - 5)
     report.facts["pgbench_max_clients"] = cap
-    text = statement.decode()
-    literals = [text.replace("%s", vector_literal(q)) for q in queries[: args.pgbench_scripts]]
-    scripts = _pgbench.write_scripts(scratch / "pgbench", literals)
-    return Pgbench(path, url, scripts, scratch / "pgbench", cap)
+    # The queries in a table, read by number: the statement's vector parameter becomes a
+    # scalar subquery (an InitPlan, evaluated once before the index scan starts).
+    with psycopg.connect(url, autocommit=True) as conn:
+        register_vector(conn)
+        conn.execute(
+            sql.SQL("CREATE TABLE {} (i integer PRIMARY KEY, v vector({}) NOT NULL)").format(
+                sql.Identifier(QUERY_TABLE), sql.Literal(queries.shape[1])
+            )
+        )
+        with conn.cursor() as cursor:
+            cursor.executemany(
+                sql.SQL("INSERT INTO {} VALUES (%s, %s)").format(sql.Identifier(QUERY_TABLE)),
+                list(enumerate(queries)),
+            )
+    lookup = f'(SELECT v FROM "{QUERY_TABLE}" WHERE i = :i)'
+    with psycopg.connect(url, autocommit=True) as conn:
+        plan = conn.execute(
+            ("EXPLAIN " + statement.decode().replace("%s", lookup.replace(":i", "0"))).encode()
+        ).fetchall()
+    report.facts["pgbench_plan"] = "\n".join(str(row[0]) for row in plan)
+    if report.facts["index"] not in report.facts["pgbench_plan"]:
+        report.skip("pgbench index check", "pgbench's statement does not use the index")
+    script = _pgbench.write_script(
+        scratch / "pgbench", statement.decode().replace("%s", lookup), len(queries)
+    )
+    return Pgbench(path, url, script, scratch / "pgbench", cap)
 
 
 CLIENT_BACKENDS = "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'"

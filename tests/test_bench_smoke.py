@@ -206,8 +206,8 @@ def test_throughput_bench_runs_every_client_at_each_concurrency(
         "0.2",
         "--seconds",
         "0.3",
-        "--pgbench-scripts",
-        "3",
+        "--queries",
+        "20",
         "--out",
         str(tmp_path),
     )
