@@ -356,10 +356,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="pool size P = min(callers, this), for every client [default: %(default)s]",
     )
     parser.add_argument(
-        "--rounds", type=int, default=3, help="runs per client and N [default: %(default)s]"
+        "--rounds", type=int, default=6, help="runs per client and N [default: %(default)s]"
     )
     parser.add_argument(
-        "--seconds", type=float, default=5.0, help="timed window per run [default: %(default)s]"
+        "--seconds", type=float, default=2.5, help="timed window per run [default: %(default)s]"
     )
     parser.add_argument(
         "--warmup", type=float, default=1.0, help="untimed start of each run [default: %(default)s]"
