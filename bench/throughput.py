@@ -16,9 +16,10 @@ P = min(N, --max-pool) connections for every client alike:
 * ``langchain-postgres async``: ``PGVectorStore.asimilarity_search_with_score_by_vector``
   from N tasks over its own table holding the same vectors under the same index, its
   SQLAlchemy pool sized P (optional peer);
-* ``pgbench``: ``pgbench -n -M prepared -c N -j 2`` running the same statement from script
-  files, one query vector literal each: the server's own limit, no Python in the way
-  (``-c`` is capped by the server's free connections).
+* ``pgbench``: ``pgbench -n -M prepared -c N -j 2`` running the same statement from a script
+  file, the query vector read by a random number from a table of the same queries: the
+  server's own limit, no Python in the way (``-c`` is capped by the server's free
+  connections).
 
 Reported: median QPS and p50/p99 over the rounds, shareddb ÷ hand-written QPS per round
 (target >= 0.9), and a PNG of QPS and p99 against concurrency.
