@@ -308,7 +308,7 @@ class LangchainAsync(TaskClient):
 
 
 class Pgbench:
-    """pgbench from script files: the server's own limit at N connections."""
+    """pgbench from a script file: the server's own limit at N connections."""
 
     name = "pgbench"
 
