@@ -176,6 +176,38 @@ def test_row_dots_equal_the_one_thread_kernel_and_numpy_float64(
     )
 
 
+def test_a_product_never_waits_for_a_helper_paused_mid_part(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    if products._helpers.cpus < 2:
+        pytest.skip("one CPU: products have no helpers")
+    rng = np.random.default_rng(9)
+    matrix = rng.standard_normal((4 * PART_MIN // 384, 384)).astype(np.float32)
+    vector = rng.standard_normal(384).astype(np.float32)
+    expected = row_dots(matrix, vector)
+    helper_started, release, helper_done = threading.Event(), threading.Event(), threading.Event()
+    real = products._row_dots_here
+
+    def paused_in_helpers(rows: np.ndarray, vector: np.ndarray, out: np.ndarray) -> None:
+        if threading.current_thread().name.startswith(HELPER_PREFIX):
+            helper_started.set()
+            release.wait(timeout=10)  # a helper the scheduler doesn't run
+            out[:] = np.nan  # what it computes too late must not reach the answer
+            helper_done.set()
+            return
+        helper_started.wait(timeout=10)  # the caller goes on once a helper holds a part
+        real(rows, vector, out)
+
+    monkeypatch.setattr(products, "_row_dots_here", paused_in_helpers)
+    got = row_dots(matrix, vector)
+    returned_before_the_helper = not helper_done.is_set()
+    release.set()
+    assert helper_started.is_set()
+    assert returned_before_the_helper, "the caller waited for a paused helper"
+    assert helper_done.wait(timeout=10)
+    assert np.array_equal(got, expected)
+
+
 def _brute_force(rows: np.ndarray, query: np.ndarray, metric: str, k: int) -> list[int]:
     r, q = rows.astype(np.float64), query.astype(np.float64)
     if metric == "cosine":
