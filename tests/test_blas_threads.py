@@ -208,6 +208,38 @@ def test_a_product_never_waits_for_a_helper_paused_mid_part(
     assert np.array_equal(got, expected)
 
 
+def test_with_a_product_on_every_cpu_a_product_gets_no_helpers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rng = np.random.default_rng(4)
+    matrix = rng.standard_normal((4 * PART_MIN // 384, 384)).astype(np.float32)
+    vector = rng.standard_normal(384).astype(np.float32)
+    helper_started = threading.Event()
+    real = products._row_dots_here
+
+    def watched(rows: np.ndarray, vector: np.ndarray, out: np.ndarray) -> None:
+        if threading.current_thread().name.startswith(HELPER_PREFIX):
+            helper_started.set()
+        else:
+            helper_started.wait(timeout=2)  # room for a helper to start, had it been asked
+        real(rows, vector, out)
+
+    monkeypatch.setattr(products, "_row_dots_here", watched)
+    helpers = products._helpers
+    others = helpers.cpus - 1  # as many other searches running as leave this one a CPU
+    for _ in range(others):
+        helpers.start()
+    try:
+        got = row_dots(matrix, vector)
+    finally:
+        for _ in range(others):
+            helpers.stop()
+    assert not helper_started.is_set(), "a helper took a CPU another search was using"
+    one_thread = np.empty_like(got)
+    real(matrix, vector, one_thread)
+    assert np.array_equal(got, one_thread)
+
+
 def _brute_force(rows: np.ndarray, query: np.ndarray, metric: str, k: int) -> list[int]:
     r, q = rows.astype(np.float64), query.astype(np.float64)
     if metric == "cosine":

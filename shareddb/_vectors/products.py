@@ -13,7 +13,9 @@ The parallelism comes from shareddb's own helper threads: a large product is cut
 parts that the caller and the helpers claim one at a time until none is left, so whoever
 runs does the work, and the caller then takes back the parts helpers still hold. On an idle
 machine the helpers take their share at once; on a busy one a helper that is not
-scheduled claims nothing, and the caller never waits for another thread.
+scheduled claims nothing, and the caller never waits for another thread. A product only
+gets helpers for the CPUs that no other product is using: with as many searches at once
+as CPUs, each runs on its own thread alone.
 """
 
 from __future__ import annotations
@@ -52,13 +54,23 @@ class _Helpers:
         self.cpus = _cpus()
         self.lock = threading.Lock()
         self.pool: ThreadPoolExecutor | None = None
+        self.running = 0  # products being computed, by any thread
+
+    def start(self) -> int:
+        """Count a product in; how many helpers it may have: the CPUs no other one uses."""
+        with self.lock:
+            self.running += 1
+            return self.cpus - self.running
+
+    def stop(self) -> None:
+        with self.lock:
+            self.running -= 1
 
     def offer(self, product: _Product) -> Future[None] | None:
         """A helper's future for working on `product`; None once Python is shutting down."""
         with self.lock:
             if self.pool is None:
-                # One per CPU, not one less: the caller itself may be waiting for a core.
-                self.pool = ThreadPoolExecutor(self.cpus, thread_name_prefix=HELPER_PREFIX)
+                self.pool = ThreadPoolExecutor(self.cpus - 1, thread_name_prefix=HELPER_PREFIX)
             pool = self.pool
         try:
             return pool.submit(product.help)
@@ -150,10 +162,15 @@ def row_dots(rows: Array, vector: Array) -> Array:
     if parts < 2 or _helpers.cpus < 2:
         _row_dots_here(rows, vector, out)
         return out
-    product = _Product(rows, vector, out, parts)
-    offered = [_helpers.offer(product) for _ in range(min(_helpers.cpus, parts - 1))]
-    product.finish()
-    for future in offered:
-        if future is not None:
-            future.cancel()  # a helper that hasn't started has nothing left to do
+    helpers = _helpers
+    free = helpers.start()
+    try:
+        product = _Product(rows, vector, out, parts)
+        offered = [helpers.offer(product) for _ in range(min(free, parts - 1))]
+        product.finish()
+        for future in offered:
+            if future is not None:
+                future.cancel()  # a helper that hasn't started has nothing left to do
+    finally:
+        helpers.stop()
     return out
