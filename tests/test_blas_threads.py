@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -238,6 +239,40 @@ def test_with_a_product_on_every_cpu_a_product_gets_no_helpers(
     one_thread = np.empty_like(got)
     real(matrix, vector, one_thread)
     assert np.array_equal(got, one_thread)
+
+
+def test_other_threads_use_the_connection_while_a_search_ranks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shareddb._engines.sqlite import vector_search
+
+    ranking, release = threading.Event(), threading.Event()
+    real = vector_search.nearest
+
+    def paused(*args: Any, **kwargs: Any) -> Any:
+        ranking.set()
+        release.wait(timeout=10)
+        return real(*args, **kwargs)
+
+    rows = np.random.default_rng(2).standard_normal((50, 8)).astype(np.float32)
+    with DbService(f"sqlite:///{tmp_path / 'lock.db'}") as db:
+        db.initialize()
+        storage = VectorStorage(db)
+        storage.upsert_many(([f"r#{i}" for i in range(len(rows))], rows))
+        monkeypatch.setattr(vector_search, "nearest", paused)
+        found: list[Any] = []
+        search = threading.Thread(target=lambda: found.append(storage.search(rows[0], 3)))
+        search.start()
+        assert ranking.wait(timeout=10)
+        other = threading.Thread(target=lambda: found.append(storage.count()))
+        other.start()
+        other.join(timeout=5)
+        went_on = not other.is_alive()
+        release.set()
+        search.join()
+        other.join()
+    assert went_on, "the search held the SQLite connection while it ranked"
+    assert 50 in found and len(found) == 2
 
 
 def _brute_force(rows: np.ndarray, query: np.ndarray, metric: str, k: int) -> list[int]:
