@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -174,6 +175,104 @@ def test_row_dots_equal_the_one_thread_kernel_and_numpy_float64(
     assert dim <= BLAS_DOT_MAX or products.dot(vector, vector) == pytest.approx(
         float(vector.astype(np.float64) @ vector.astype(np.float64)), rel=1e-5
     )
+
+
+def test_a_product_never_waits_for_a_helper_paused_mid_part(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    if products._helpers.cpus < 2:
+        pytest.skip("one CPU: products have no helpers")
+    rng = np.random.default_rng(9)
+    matrix = rng.standard_normal((4 * PART_MIN // 384, 384)).astype(np.float32)
+    vector = rng.standard_normal(384).astype(np.float32)
+    expected = row_dots(matrix, vector)
+    helper_started, release, helper_done = threading.Event(), threading.Event(), threading.Event()
+    real = products._row_dots_here
+
+    def paused_in_helpers(rows: np.ndarray, vector: np.ndarray, out: np.ndarray) -> None:
+        if threading.current_thread().name.startswith(HELPER_PREFIX):
+            helper_started.set()
+            release.wait(timeout=10)  # a helper the scheduler doesn't run
+            out[:] = np.nan  # what it computes too late must not reach the answer
+            helper_done.set()
+            return
+        helper_started.wait(timeout=10)  # the caller goes on once a helper holds a part
+        real(rows, vector, out)
+
+    monkeypatch.setattr(products, "_row_dots_here", paused_in_helpers)
+    got = row_dots(matrix, vector)
+    returned_before_the_helper = not helper_done.is_set()
+    release.set()
+    assert helper_started.is_set()
+    assert returned_before_the_helper, "the caller waited for a paused helper"
+    assert helper_done.wait(timeout=10)
+    assert np.array_equal(got, expected)
+
+
+def test_with_a_product_on_every_cpu_a_product_gets_no_helpers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rng = np.random.default_rng(4)
+    matrix = rng.standard_normal((4 * PART_MIN // 384, 384)).astype(np.float32)
+    vector = rng.standard_normal(384).astype(np.float32)
+    helper_started = threading.Event()
+    real = products._row_dots_here
+
+    def watched(rows: np.ndarray, vector: np.ndarray, out: np.ndarray) -> None:
+        if threading.current_thread().name.startswith(HELPER_PREFIX):
+            helper_started.set()
+        else:
+            helper_started.wait(timeout=2)  # room for a helper to start, had it been asked
+        real(rows, vector, out)
+
+    monkeypatch.setattr(products, "_row_dots_here", watched)
+    helpers = products._helpers
+    others = helpers.cpus - 1  # as many other searches running as leave this one a CPU
+    for _ in range(others):
+        helpers.start()
+    try:
+        got = row_dots(matrix, vector)
+    finally:
+        for _ in range(others):
+            helpers.stop()
+    assert not helper_started.is_set(), "a helper took a CPU another search was using"
+    one_thread = np.empty_like(got)
+    real(matrix, vector, one_thread)
+    assert np.array_equal(got, one_thread)
+
+
+def test_other_threads_use_the_connection_while_a_search_ranks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shareddb._engines.sqlite import vector_search
+
+    ranking, release = threading.Event(), threading.Event()
+    real = vector_search.nearest
+
+    def paused(*args: Any, **kwargs: Any) -> Any:
+        ranking.set()
+        release.wait(timeout=10)
+        return real(*args, **kwargs)
+
+    rows = np.random.default_rng(2).standard_normal((50, 8)).astype(np.float32)
+    with DbService(f"sqlite:///{tmp_path / 'lock.db'}") as db:
+        db.initialize()
+        storage = VectorStorage(db)
+        storage.upsert_many(([f"r#{i}" for i in range(len(rows))], rows))
+        monkeypatch.setattr(vector_search, "nearest", paused)
+        found: list[Any] = []
+        search = threading.Thread(target=lambda: found.append(storage.search(rows[0], 3)))
+        search.start()
+        assert ranking.wait(timeout=10)
+        other = threading.Thread(target=lambda: found.append(storage.count()))
+        other.start()
+        other.join(timeout=5)
+        went_on = not other.is_alive()
+        release.set()
+        search.join()
+        other.join()
+    assert went_on, "the search held the SQLite connection while it ranked"
+    assert 50 in found and len(found) == 2
 
 
 def _brute_force(rows: np.ndarray, query: np.ndarray, metric: str, k: int) -> list[int]:

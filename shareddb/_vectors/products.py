@@ -11,9 +11,11 @@ dot per row (numpy's ``vecdot``), which OpenBLAS never threads for rows this sho
 
 The parallelism comes from shareddb's own helper threads: a large product is cut into
 parts that the caller and the helpers claim one at a time until none is left, so whoever
-runs does the work. On an idle machine the helpers take their share at once; on a busy
-one a helper that is not scheduled claims nothing, and the caller waits at most for the
-part a helper is computing, never for a helper that has not started.
+runs does the work, and the caller then takes back the parts helpers still hold. On an idle
+machine the helpers take their share at once; on a busy one a helper that is not
+scheduled claims nothing, and the caller never waits for another thread. A product only
+gets helpers for the CPUs that no other product is using: with as many searches at once
+as CPUs, each runs on its own thread alone.
 """
 
 from __future__ import annotations
@@ -52,16 +54,26 @@ class _Helpers:
         self.cpus = _cpus()
         self.lock = threading.Lock()
         self.pool: ThreadPoolExecutor | None = None
+        self.running = 0  # products being computed, by any thread
+
+    def start(self) -> int:
+        """Count a product in; how many helpers it may have: the CPUs no other one uses."""
+        with self.lock:
+            self.running += 1
+            return self.cpus - self.running
+
+    def stop(self) -> None:
+        with self.lock:
+            self.running -= 1
 
     def offer(self, product: _Product) -> Future[None] | None:
         """A helper's future for working on `product`; None once Python is shutting down."""
         with self.lock:
             if self.pool is None:
-                # One per CPU, not one less: the caller itself may be waiting for a core.
-                self.pool = ThreadPoolExecutor(self.cpus, thread_name_prefix=HELPER_PREFIX)
+                self.pool = ThreadPoolExecutor(self.cpus - 1, thread_name_prefix=HELPER_PREFIX)
             pool = self.pool
         try:
-            return pool.submit(product.work)
+            return pool.submit(product.help)
         except RuntimeError:  # "cannot schedule new futures after interpreter shutdown"
             return None
 
@@ -93,24 +105,54 @@ def _row_dots_here(rows: Array, vector: Array, out: Array) -> None:
 
 
 class _Product:
-    """``out[:] = rows · vector``, cut into parts claimed one at a time by whoever is free."""
+    """``out[:] = rows · vector``, in parts that the caller and the helpers claim one at a time.
+
+    A helper computes a part into a buffer of its own and copies it into `out` only if the
+    caller hasn't taken it back; the caller, once no part is left to claim, takes back and
+    computes every part a helper still holds. So the caller never waits for another thread:
+    a helper that a busy machine pauses mid-part costs the caller one part, not the pause.
+    """
 
     def __init__(self, rows: Array, vector: Array, out: Array, parts: int) -> None:
         self.rows, self.vector, self.out = rows, vector, out
         step = -(-rows.shape[0] // parts)
         self.spans = [slice(start, start + step) for start in range(0, rows.shape[0], step)]
         self.claimed = 0
+        self.held: set[int] = set()  # parts helpers are computing
         self.lock = threading.Lock()
 
-    def work(self) -> None:
-        """Compute unclaimed parts until none is left."""
-        while True:
+    def _claim(self, helper: bool) -> int | None:
+        with self.lock:
+            if self.claimed == len(self.spans):
+                return None
+            self.claimed += 1
+            if helper:
+                self.held.add(self.claimed - 1)
+            return self.claimed - 1
+
+    def help(self) -> None:
+        """A helper's share: parts claimed until none is left."""
+        while (part := self._claim(helper=True)) is not None:
+            span = self.spans[part]
+            result = np.empty_like(self.out[span])
+            _row_dots_here(self.rows[span], self.vector, result)
             with self.lock:
-                if self.claimed == len(self.spans):
-                    return
-                span = self.spans[self.claimed]
-                self.claimed += 1
-            _row_dots_here(self.rows[span], self.vector, self.out[span])
+                if part in self.held:
+                    self.out[span] = result
+                    self.held.discard(part)
+
+    def finish(self) -> None:
+        """The caller's share: parts claimed until none is left, then those helpers hold."""
+        while (part := self._claim(helper=False)) is not None:
+            self._here(part)
+        with self.lock:
+            taken_back, self.held = self.held, set()
+        for part in sorted(taken_back):
+            self._here(part)
+
+    def _here(self, part: int) -> None:
+        span = self.spans[part]
+        _row_dots_here(self.rows[span], self.vector, self.out[span])
 
 
 def row_dots(rows: Array, vector: Array) -> Array:
@@ -120,11 +162,15 @@ def row_dots(rows: Array, vector: Array) -> Array:
     if parts < 2 or _helpers.cpus < 2:
         _row_dots_here(rows, vector, out)
         return out
-    product = _Product(rows, vector, out, parts)
-    offered = [_helpers.offer(product) for _ in range(min(_helpers.cpus, parts - 1))]
-    product.work()
-    for future in offered:
-        # A helper that started finishes its last part; one that didn't is not waited for.
-        if future is not None and not future.cancel():
-            future.result()
+    helpers = _helpers
+    free = helpers.start()
+    try:
+        product = _Product(rows, vector, out, parts)
+        offered = [helpers.offer(product) for _ in range(min(free, parts - 1))]
+        product.finish()
+        for future in offered:
+            if future is not None:
+                future.cancel()  # a helper that hasn't started has nothing left to do
+    finally:
+        helpers.stop()
     return out

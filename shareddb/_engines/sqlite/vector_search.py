@@ -74,6 +74,21 @@ def row_conditions(rows: RowFilter) -> tuple[list[str], list[Any]]:
     return conditions, params
 
 
+def _hits(
+    matrix: Matrix,
+    query: Float32Array,
+    request: SearchRequest,
+    subset: Selection | Positions | None,
+) -> list[tuple[str, float]]:
+    """The nearest rows' ids and distances, within `max_distance`."""
+    positions, distances = nearest(matrix, query, request.k, request.metric, subset)
+    ids = matrix.ids
+    hits = [(ids[p], d) for p, d in zip(positions.tolist(), distances.tolist(), strict=True)]
+    if request.max_distance is not None:
+        hits = [hit for hit in hits if hit[1] <= request.max_distance]
+    return hits
+
+
 class SqliteSearch:
     """Exact searches of one table; `conn` None means a read transaction of our own."""
 
@@ -110,18 +125,14 @@ class SqliteSearch:
             assert query is not None
             matrix = self._matrix(c, query.shape[0])
             subset = self._selection(c, matrix, rows)
-            positions, distances = nearest(matrix, query, request.k, request.metric, subset)
-            ids = matrix.ids
-            hits = [
-                (ids[p], d) for p, d in zip(positions.tolist(), distances.tolist(), strict=True)
-            ]
-            if request.max_distance is not None:
-                hits = [hit for hit in hits if hit[1] <= request.max_distance]
-            if not request.with_metadata:
-                return [SearchResult(i, d) for i, d in hits]
-            found = c.execute(self._metadata_of, (json.dumps([i for i, _ in hits]),))
-            metadata = {str(i): load_metadata(m) for i, m in found}
-        return [SearchHit(i, d, metadata[i]) for i, d in hits]
+            if request.with_metadata:  # read in the transaction the matrix comes from
+                hits = _hits(matrix, query, request, subset)
+                found = c.execute(self._metadata_of, (json.dumps([i for i, _ in hits]),))
+                metadata = {str(i): load_metadata(m) for i, m in found}
+                return [SearchHit(i, d, metadata[i]) for i, d in hits]
+        # The ranking needs only the matrix and the rows read above: meanwhile, other
+        # threads' searches use the connection (and rank on the other cores).
+        return [SearchResult(i, d) for i, d in _hits(matrix, query, request, subset)]
 
     def explain(self, request: SearchRequest, conn: Connection | None) -> str:
         with self._engine.joined(conn, read=True) as c:
