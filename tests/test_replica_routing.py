@@ -116,3 +116,22 @@ def test_lsn_text_compares_as_a_number() -> None:
     assert parse_lsn("0/0") == 0
     assert parse_lsn("16/B374D848") == (0x16 << 32) | 0xB374D848
     assert parse_lsn("1/0") > parse_lsn("0/FFFFFFFF")
+
+
+def test_a_replica_that_does_not_stream_is_skipped_whatever_its_lag() -> None:
+    routing = Routing(["r0"], max_lag=5)
+    healthy(routing, 0, 0.0)
+    routing.checked(
+        0, 1.0, in_recovery=True, replay_lsn=100, lag_seconds=0.0, not_streaming="no WAL receiver"
+    )
+    assert not routing.usable(0)
+    assert routing.plan(1.0 + BACKOFF_START / 2) == []  # no round trip until its backoff ends
+    assert routing.plan(1.0 + BACKOFF_START) == [Attempt(0, check=True)]
+    [health] = routing.snapshot()
+    assert (health.state, health.reason, health.lag_seconds) == (
+        "not streaming",
+        "no WAL receiver",
+        None,
+    )
+    healthy(routing, 0, 2.0)
+    assert routing.usable(0)

@@ -7,6 +7,7 @@ exit, so each count is read after the service is closed).
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import threading
 import time
@@ -16,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import psycopg
 import pytest
+from helpers import run_cli
+from psycopg import sql
 from standby import Standby
 
 from shareddb import DbService, SessionRecord, SessionStorage, VectorStorage
@@ -263,3 +266,53 @@ def test_a_replica_past_max_replica_lag_is_skipped(paused: tuple[str, str]) -> N
         health = db.engine.replica_health()
         assert health[0].state == "lagging", health
         assert "max_replica_lag=0.5" in (health[0].reason or "")
+
+
+@contextlib.contextmanager
+def cut_off(standby: Standby) -> Iterator[None]:
+    """The standby's WAL receiver stopped (no primary_conninfo), as if the network were cut."""
+    with psycopg.connect(standby.url(), autocommit=True) as conn:
+        row = conn.execute("SHOW primary_conninfo").fetchone()
+        assert row is not None and row[0]
+        conn.execute("ALTER SYSTEM SET primary_conninfo = ''")
+        conn.execute("SELECT pg_reload_conf()")
+        try:
+            wait_until(conn, "SELECT NOT EXISTS (SELECT 1 FROM pg_stat_wal_receiver)")
+            yield
+        finally:
+            conn.execute(sql.SQL("ALTER SYSTEM SET primary_conninfo = {}").format(row[0]))
+            conn.execute("SELECT pg_reload_conf()")
+            wait_until(conn, "SELECT EXISTS (SELECT 1 FROM pg_stat_wal_receiver)")
+
+
+def wait_until(conn: psycopg.Connection, query: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not conn.execute(query).fetchone()[0]:  # type: ignore[index]
+        assert time.monotonic() < deadline, query
+        time.sleep(0.05)
+
+
+def test_a_standby_that_stopped_streaming_serves_no_reads(
+    replicated: tuple[str, str], standby_server: Standby
+) -> None:
+    """Cut off, it has replayed all it received ("lag 0") yet misses the primary's writes."""
+    primary, replica = replicated
+    with DbService(primary) as db:
+        db.initialize()
+        VectorStorage(db).upsert("md#1", vector(1))
+    standby_server.wait_for(primary)
+    with cut_off(standby_server):
+        with DbService(primary) as other:  # another process: no read-your-writes mark
+            VectorStorage(other).upsert("md#2", vector(2))
+        with DbService(primary, replicas=[replica], max_replica_lag=3600) as db:
+            vectors = VectorStorage(db)
+            assert vectors.get("md#2") is not None and vectors.count() == 2
+            assert db.query_value("SELECT count(*) FROM task_embeddings", read_only=True) == 2
+            health = db.engine.replica_health()
+            assert health[0].state == "not streaming", health
+            assert "no WAL receiver" in (health[0].reason or ""), health
+        status = run_cli("status", "--url", replica)
+        assert "not streaming from the primary (no WAL receiver)" in status.stdout, status.stdout
+    standby_server.wait_for(primary)
+    with DbService(primary, replicas=[replica]) as db:
+        assert db.engine.replica_health()[0].state == "healthy"

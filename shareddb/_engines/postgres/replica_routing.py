@@ -31,7 +31,7 @@ LSN_RECHECK: Final = 0.005
 BACKOFF_START: Final = 0.5
 BACKOFF_MAX: Final = 30.0
 
-ReplicaState = Literal["unknown", "healthy", "lagging", "down", "promoted"]
+ReplicaState = Literal["unknown", "healthy", "lagging", "not streaming", "down", "promoted"]
 
 
 @dataclass
@@ -91,7 +91,7 @@ class Routing:
 
     def _needs_check(self, replica: ReplicaHealth, now: float) -> bool | None:
         """None: skip it now; False: use it as known; True: check it, then decide."""
-        if replica.state in ("down", "promoted", "unknown"):
+        if replica.state in ("down", "promoted", "unknown", "not streaming"):
             return True if now >= replica.retry_at else None
         if now - replica.checked_at >= HEALTH_INTERVAL:
             return True
@@ -140,13 +140,18 @@ class Routing:
         in_recovery: bool,
         replay_lsn: int | None,
         lag_seconds: float | None,
+        not_streaming: str | None = None,
     ) -> None:
-        """A check of replica `index` answered."""
+        """A check of replica `index` answered; `not_streaming`: why its lag means nothing."""
         with self._lock:
             replica = self.replicas[index]
             replica.checked_at = now
             if not in_recovery:
                 self._back_off(replica, now, "promoted", "not in recovery: it was promoted")
+                return
+            if not_streaming is not None:
+                replica.lag_seconds = None
+                self._back_off(replica, now, "not streaming", not_streaming)
                 return
             replica.replay_lsn = max(replica.replay_lsn, replay_lsn or 0)
             replica.lag_seconds = lag_seconds

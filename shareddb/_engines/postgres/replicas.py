@@ -28,7 +28,7 @@ from shareddb._core.types import PgConnection, Pooler
 from shareddb._core.url import DbTarget
 from shareddb._engines.postgres.connect import connect, register_types
 from shareddb._engines.postgres.replica_routing import Attempt, ReplicaHealth, Routing
-from shareddb._engines.postgres.standby import left_recovery, standby_state
+from shareddb._engines.postgres.standby import left_recovery, receiver_problem, standby_state
 from shareddb.errors import DatabaseUnavailableError
 
 logger = logging.getLogger("shareddb.replicas")
@@ -227,6 +227,9 @@ class ReplicaSet:
             in_recovery=state.in_recovery,
             replay_lsn=state.replay_lsn,
             lag_seconds=state.lag_seconds,
+            not_streaming=None
+            if state.streaming
+            else f"{receiver_problem(state.receiver)}: its replay lag is unknown",
         )
         if not self.routing.usable(index):
             raise _Skip

@@ -20,11 +20,16 @@ from shareddb.errors import ReadOnlyDatabaseError
 
 # What a standby knows of its replay, in one round trip. The lag is 0 while everything
 # received is replayed (an idle primary sends nothing, and the last replayed commit's
-# age would grow for ever), else the age of the last replayed commit.
+# age would grow for ever), else the age of the last replayed commit. That holds only
+# while the WAL receiver streams from the primary: a standby cut off from it has
+# replayed all it received and says 0 for ever. So the receiver's status comes along:
+# no row, no receiver; a NULL status, a role without pg_read_all_stats, which sees the
+# receiver's pid only.
 STANDBY_STATE: Final = (
     b"SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn(), "
     b"CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0 "
-    b"ELSE EXTRACT(epoch FROM now() - pg_last_xact_replay_timestamp()) END"
+    b"ELSE EXTRACT(epoch FROM now() - pg_last_xact_replay_timestamp()) END, "
+    b"(SELECT coalesce(status, 'hidden') FROM pg_stat_wal_receiver LIMIT 1)"
 )
 
 WRITES_FIX: Final = "point writes (and initialize()) at the primary's url"
@@ -32,17 +37,35 @@ WRITES_FIX: Final = "point writes (and initialize()) at the primary's url"
 
 @dataclass(frozen=True)
 class StandbyState:
-    """What `standby_state()` found: in recovery or not, the replayed LSN and the lag."""
+    """What `standby_state()` found: in recovery or not, the replayed LSN and the lag.
+
+    `receiver`: the WAL receiver's status (``streaming``, ``waiting``…; ``hidden`` when
+    the role may not see it), None when there is none.
+    """
 
     in_recovery: bool
     replay_lsn: int | None
     lag_seconds: float | None
+    receiver: str | None = None
+
+    @property
+    def streaming(self) -> bool:
+        """Whether the standby streams from the primary, so that its lag means something."""
+        return self.receiver in ("streaming", "hidden")
 
     def describe(self) -> str:
         """``standby (read-only), replay lag 12 ms`` or ``primary (read-write)``."""
         if not self.in_recovery:
             return "primary (read-write)"
+        if not self.streaming:
+            why = receiver_problem(self.receiver)
+            return f"standby (read-only), not streaming from the primary ({why}), lag unknown"
         return f"standby (read-only), replay lag {describe_lag(self.lag_seconds)}"
+
+
+def receiver_problem(receiver: str | None) -> str:
+    """``no WAL receiver`` or ``WAL receiver waiting``: why a standby does not stream."""
+    return "no WAL receiver" if receiver is None else f"WAL receiver {receiver}"
 
 
 def describe_lag(seconds: float | None) -> str:
@@ -63,11 +86,12 @@ def standby_state(conn: PgConnection) -> StandbyState:
     """Whether `conn`'s server is in recovery, and its replay position and lag."""
     row = conn.execute(STANDBY_STATE).fetchone()
     assert row is not None
-    in_recovery, lsn, lag = row
+    in_recovery, lsn, lag, receiver = row
     return StandbyState(
         in_recovery=bool(in_recovery),
         replay_lsn=None if lsn is None else parse_lsn(str(lsn)),
         lag_seconds=None if lag is None else max(float(lag), 0.0),
+        receiver=None if receiver is None else str(receiver),
     )
 
 
