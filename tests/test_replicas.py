@@ -188,12 +188,22 @@ def test_a_promoted_standby_is_no_longer_used(pg_url: str, pg_server_url: str) -
         standby.remove()
 
 
-def test_read_only_query_must_only_read(replicated: tuple[str, str]) -> None:
+def test_read_only_query_must_only_read(
+    replicated: tuple[str, str], standby_server: Standby
+) -> None:
     primary, replica = replicated
+    with DbService(primary) as db:
+        db.execute("CREATE SEQUENCE s")
+    standby_server.wait_for(primary)
     with DbService(primary, replicas=[replica]) as db:
         with pytest.raises(InvalidArgumentError, match="read_only=True is for statements"):
             db.query("CREATE TABLE t (x int)", read_only=True)
         assert db.query_value("SELECT to_regclass('t') IS NULL") is True
+        # A write the scan can't see (a function's): the replica's refusal says so.
+        with pytest.raises(InvalidArgumentError, match="read_only=True but the statement writes"):
+            db.query_value("SELECT nextval('s')", read_only=True)
+        assert db.engine.replica_health()[0].state == "healthy"
+        assert db.query_value("SELECT nextval('s')") == 1
 
 
 @pytest.fixture

@@ -29,7 +29,7 @@ from shareddb._core.url import DbTarget
 from shareddb._engines.postgres.connect import connect, register_types
 from shareddb._engines.postgres.replica_routing import Attempt, ReplicaHealth, Routing
 from shareddb._engines.postgres.standby import left_recovery, receiver_problem, standby_state
-from shareddb.errors import DatabaseUnavailableError
+from shareddb.errors import DatabaseUnavailableError, InvalidArgumentError
 
 logger = logging.getLogger("shareddb.replicas")
 
@@ -216,6 +216,13 @@ class ReplicaSet:
             if e.sqlstate in _NOT_REPLAYED_YET:
                 raise _Skip from None
             raise
+        except psycopg.errors.ReadOnlySqlTransaction as e:  # a write the scan did not see
+            reason = " ".join(str(e).split())
+            raise InvalidArgumentError(
+                f"read_only=True but the statement writes: replica {replica.target.masked} "
+                f"refused it ({reason})",
+                fix="leave read_only out for a statement that writes (it runs on the primary)",
+            ) from e
         finally:
             replica.put(conn)
 
