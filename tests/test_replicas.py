@@ -326,3 +326,18 @@ def test_a_standby_that_stopped_streaming_serves_no_reads(
     standby_server.wait_for(primary)
     with DbService(primary, replicas=[replica]) as db:
         assert db.engine.replica_health()[0].state == "healthy"
+
+
+def test_a_commit_inside_a_transaction_block_is_read_back_at_once(paused: tuple[str, str]) -> None:
+    primary, replica = paused
+    with DbService(primary, replicas=[replica], max_replica_lag=3600) as db:
+        vectors = VectorStorage(db)
+        assert vectors.count() == 1  # from the paused standby
+        with pytest.raises(RuntimeError), db.transaction() as conn:
+            vectors.upsert("c#1", vector(3), conn=conn)
+            conn.commit()
+            assert vectors.get("c#1") is not None  # not from the paused standby
+            vectors.upsert("c#2", vector(4), conn=conn)  # a transaction of its own
+            raise RuntimeError("rolls back c#2, not c#1")
+        assert vectors.exists("c#1") and not vectors.exists("c#2")
+        assert vectors.count() == 2

@@ -206,7 +206,7 @@ class PostgresEngine(Engine[PgConnection]):
             try:
                 # Commit on success, roll back on error; a pooled connection stays open,
                 # a direct one (see _checkout) is closed.
-                with conn:
+                with conn, self._commits_noted(conn):
                     yield conn
             except psycopg.OperationalError as e:
                 # Also covers a connection lost during the commit itself.
@@ -225,6 +225,32 @@ class PostgresEngine(Engine[PgConnection]):
                     self._note_write(conn)
         finally:
             self._release(conn, pool)
+
+    @contextmanager
+    def _commits_noted(self, conn: PgConnection) -> Iterator[None]:
+        """With replicas, each `conn.commit()` the block calls is read-your-writes too.
+
+        The block's own end is noted by `transaction()`; a read after a commit in the
+        middle of it must see that commit. The WAL's end is read in autocommit mode,
+        so the block's next statement still starts a transaction of its own.
+        """
+        if self._replicas is None:
+            yield
+            return
+
+        def commit() -> None:
+            psycopg.Connection.commit(conn)
+            conn.autocommit = True
+            try:
+                self._note_write(conn)
+            finally:
+                conn.autocommit = False
+
+        setattr(conn, "commit", commit)  # noqa: B010 - an instance's own method, for the block
+        try:
+            yield
+        finally:
+            conn.__dict__.pop("commit", None)  # before `with conn` commits at the end
 
     def reading(self) -> AbstractContextManager[PgConnection]:
         return self.transaction()
