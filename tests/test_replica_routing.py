@@ -7,6 +7,7 @@ import pytest
 from shareddb._engines.postgres.replica_routing import (
     BACKOFF_MAX,
     BACKOFF_START,
+    CONNECT_TIMEOUT,
     HEALTH_INTERVAL,
     LSN_RECHECK,
     Attempt,
@@ -135,3 +136,23 @@ def test_a_replica_that_does_not_stream_is_skipped_whatever_its_lag() -> None:
     )
     healthy(routing, 0, 2.0)
     assert routing.usable(0)
+
+
+def test_one_caller_probes_a_replica_whose_backoff_ended_the_others_skip_it() -> None:
+    routing = Routing(["r0"], max_lag=5)
+    routing.failed(0, 0.0, "timeout expired")
+    retry = routing.snapshot()[0].retry_at
+    assert routing.plan(retry) == [Attempt(0, check=True)]  # this caller checks it
+    assert routing.plan(retry) == [] and routing.plan(retry + 0.1) == []  # the rest don't wait
+    assert routing.plan(retry + CONNECT_TIMEOUT) == [Attempt(0, check=True)]  # that one hung
+    routing.failed(0, retry + CONNECT_TIMEOUT, "timeout expired")
+    assert routing.snapshot()[0].failures == 2
+
+
+def test_after_fork_the_routing_lock_is_free_whoever_held_it() -> None:
+    routing = Routing(["r0"], max_lag=5)
+    assert routing._lock.acquire(blocking=False)  # a parent's thread holds it at fork()
+    routing.forget()
+    assert routing._lock.acquire(blocking=False)
+    routing._lock.release()
+    assert routing.plan(0.0) == [Attempt(0, check=True)]

@@ -337,7 +337,10 @@ class PostgresEngine(Engine[PgConnection]):
 
     def replica_health(self) -> list[ReplicaHealth]:
         """Each replica checked now (state, replay lag); empty without replicas."""
-        return [] if self._replicas is None else self._replicas.health()
+        if self._replicas is None:
+            return []
+        self.ensure_open()  # a forked child is told so before the parent's connections are used
+        return self._replicas.health()
 
     def in_transaction(self, conn: PgConnection) -> bool:
         return not (conn.autocommit and conn.info.transaction_status == IDLE)

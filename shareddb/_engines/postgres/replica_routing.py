@@ -30,6 +30,9 @@ LSN_RECHECK: Final = 0.005
 # failure up to BACKOFF_MAX.
 BACKOFF_START: Final = 0.5
 BACKOFF_MAX: Final = 30.0
+# Seconds a connection attempt to a replica may take. While one caller checks a replica
+# that is not in use, the others skip it for this long rather than each wait as long.
+CONNECT_TIMEOUT: Final = 2.0
 
 ReplicaState = Literal["unknown", "healthy", "lagging", "not streaming", "down", "promoted"]
 
@@ -92,7 +95,10 @@ class Routing:
     def _needs_check(self, replica: ReplicaHealth, now: float) -> bool | None:
         """None: skip it now; False: use it as known; True: check it, then decide."""
         if replica.state in ("down", "promoted", "unknown", "not streaming"):
-            return True if now >= replica.retry_at else None
+            if now < replica.retry_at:
+                return None
+            replica.retry_at = now + CONNECT_TIMEOUT  # this caller probes; the others don't
+            return True
         if now - replica.checked_at >= HEALTH_INTERVAL:
             return True
         if replica.state == "lagging":
@@ -183,6 +189,10 @@ class Routing:
         replica.reason = reason
         replica.failures += 1
         replica.retry_at = now + min(BACKOFF_START * 2 ** (replica.failures - 1), BACKOFF_MAX)
+
+    def forget(self) -> None:
+        """After fork(): a thread of the parent may have held the lock; the child's is free."""
+        self._lock = threading.Lock()
 
     def snapshot(self) -> list[ReplicaHealth]:
         """A copy of what is known of each replica."""

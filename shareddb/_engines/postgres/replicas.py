@@ -27,7 +27,12 @@ from psycopg.pq import TransactionStatus
 from shareddb._core.types import PgConnection, Pooler
 from shareddb._core.url import DbTarget
 from shareddb._engines.postgres.connect import connect, register_types
-from shareddb._engines.postgres.replica_routing import Attempt, ReplicaHealth, Routing
+from shareddb._engines.postgres.replica_routing import (
+    CONNECT_TIMEOUT,
+    Attempt,
+    ReplicaHealth,
+    Routing,
+)
 from shareddb._engines.postgres.standby import left_recovery, receiver_problem, standby_state
 from shareddb.errors import DatabaseUnavailableError, InvalidArgumentError
 
@@ -35,8 +40,6 @@ logger = logging.getLogger("shareddb.replicas")
 
 T = TypeVar("T")
 
-# Seconds a connection attempt to a replica may take: the primary can serve the read.
-CONNECT_TIMEOUT: Final = 2.0
 # Errors of a standby's recovery (a query cancelled by replay): the primary has no such
 # conflict, so the read runs there.
 _RECOVERY_CONFLICTS: Final = frozenset({"40001", "40P01"})
@@ -279,4 +282,6 @@ class ReplicaSet:
             replica.clear()
 
     def forget(self) -> list[PgConnection]:
+        """After fork(): the parent's idle connections, let go of; fresh locks."""
+        self.routing.forget()
         return [conn for replica in self._connections for conn in replica.forget()]
