@@ -78,16 +78,19 @@ def test_bad_replica_settings_name_the_key_and_the_fix(
 @pytest.mark.parametrize(
     ("kwargs", "words"),
     [
-        ({"replicas": REPLICA}, "must be a list of PostgreSQL urls"),
+        ({"replicas": REPLICA}, "must be a list of PostgreSQL urls, not one url"),
+        ({"replicas": REPLICA.encode()}, "must be a list of PostgreSQL urls, not a bytes"),
         ({"replicas": ["postgresql+embedded:///x"]}, "is not a PostgreSQL server url"),
         ({"replicas": [None]}, "is a NoneType, not a url"),
+        ({"replicas": [REPLICA.encode()]}, "is a bytes, not a url"),
         ({"max_replica_lag": -1}, "max_replica_lag=-1"),
         ({"read_your_writes": 1}, "read_your_writes=1"),
     ],
 )
 def test_bad_replica_arguments(kwargs: dict[str, object], words: str) -> None:
-    with pytest.raises(ConfigError, match=words):
+    with pytest.raises(ConfigError, match=words) as error:
         DbService(PRIMARY, **kwargs)  # type: ignore[arg-type]
+    assert "s3cret" not in str(error.value)
 
 
 def test_sqlite_takes_no_replicas(tmp_path: Path) -> None:
