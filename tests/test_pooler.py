@@ -50,6 +50,7 @@ from shareddb import (
 from shareddb._admin.doctor import Doctor
 from shareddb._core.url import parse_url
 from shareddb._engines.postgres.migrate import LOCK_KEY, PostgresMigrationSession
+from shareddb._engines.postgres.replicas import ReplicaConnections
 from shareddb._migrations.files import discover_all, migration_folders
 from shareddb._migrations.runner import apply_pending
 
@@ -335,6 +336,26 @@ def test_two_clients_run_each_others_statements_without_it(pooled: str, pg_url: 
     problems = _two_clients(pooled, pg_url, None)
     print(problems)
     assert problems
+
+
+def test_a_replica_behind_a_pooler_the_primary_lacks_prepares_no_statements(
+    pooled: str, pg_url: str
+) -> None:
+    """The primary is direct (no pooler=): each replica connection finds its own pooler.
+
+    5 is psycopg's default threshold, kept on a replica reached directly.
+    """
+    for url, threshold in ((pooled, None), (pg_url, 5)):
+        replica = ReplicaConnections(parse_url(url), max_size=1)
+        conn = replica.get()
+        assert conn is not None
+        try:
+            assert conn.prepare_threshold == threshold, url
+            for _ in range(8):  # past psycopg's threshold of 5: would be prepared if allowed
+                assert conn.execute("SELECT count(*) FROM sessions").fetchone() == (0,)
+        finally:
+            replica.put(conn)
+            replica.clear()
 
 
 # -- migrations ------------------------------------------------------------------------------

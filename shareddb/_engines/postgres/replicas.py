@@ -27,6 +27,7 @@ from psycopg.pq import TransactionStatus
 from shareddb._core.types import PgConnection, Pooler
 from shareddb._core.url import DbTarget
 from shareddb._engines.postgres.connect import connect, register_types
+from shareddb._engines.postgres.pooler import behind_pooler
 from shareddb._engines.postgres.replica_routing import (
     CONNECT_TIMEOUT,
     Attempt,
@@ -55,7 +56,7 @@ class ReplicaConnections:
 
     def __init__(self, target: DbTarget, max_size: int, pooler: Pooler | None = None) -> None:
         self.target = target
-        self._pooler = pooler  # replicas behind the same kind of pooler as the primary
+        self._pooler = pooler  # the primary's setting; a pooler found on the replica counts too
         self._idle: list[PgConnection] = []
         self._max_size = max_size
         self._lock = threading.Lock()
@@ -81,6 +82,10 @@ class ReplicaConnections:
     def _connect(self) -> PgConnection:
         conn = connect(self.target, CONNECT_TIMEOUT, autocommit=True, pooler=self._pooler)
         try:
+            # A replica may sit behind a pooler the primary does not: found, no prepared
+            # statements (see connect_kwargs). One round trip per connection, which is kept.
+            if self._pooler != "transaction" and behind_pooler(conn):
+                conn.prepare_threshold = None
             if not register_types(conn):
                 setattr(conn, _NO_VECTOR_TYPES, True)  # replaced once it is given back
         except psycopg.Error as e:
