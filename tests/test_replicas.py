@@ -254,6 +254,7 @@ def test_every_replica_read_runs_on_the_replica(paused: tuple[str, str]) -> None
         assert db.query_value("SELECT count(*) FROM sessions", read_only=True) == 1
         # A table the standby has not replayed: the primary answers.
         assert VectorStorage(db, table="late").count() == 1
+        assert list(VectorStorage(db, table="late").ids()) == ["md#1"]  # a stream too
         assert db.query_value("SELECT count(*) FROM late", read_only=True) == 1
         # Without read_only, and with conn=, the primary answers.
         assert db.query_value("SELECT count(*) FROM sessions") == 2

@@ -287,23 +287,27 @@ class PostgresEngine(Engine[PgConnection]):
         return self._replicas.read(work, on_primary)
 
     @contextmanager
-    def streaming(self, conn: Connection | None) -> Iterator[PgConnection]:
-        """A connection in a transaction for a server-side cursor's reads.
+    def streaming(self, conn: Connection | None, start: Callable[[PgConnection], T]) -> Iterator[T]:
+        """`start(c)` (a server-side cursor's DECLARE and first page) in a transaction that
+        stays open while the caller streams.
 
-        The caller's, or a replica's that may serve reads, or one of the primary's.
+        On the caller's connection, or a replica that may serve reads (one that fails
+        before `start` returns is skipped, as by `read()`), or the primary.
         """
         if conn is not None:
-            yield self.checked(conn)
+            yield start(self.checked(conn))
             return
         if self._replicas is not None:
-            self.ensure_open()
-            with self._replicas.held() as held:
+            if self._pool is None or self.pid != os.getpid():
+                self.ensure_open()
+            if lost := self._replicas.routing.lost_writes:
+                self._find_lost_writes(lost)
+            with self._replicas.held(start) as held:
                 if held is not None:
-                    with held.transaction():
-                        yield held
+                    yield held[0]
                     return
         with self.transaction() as c:
-            yield c
+            yield start(c)
 
     def _note_write(self, conn: PgConnection) -> None:
         """Remember where the primary's WAL ends after a commit, for read-your-writes.
