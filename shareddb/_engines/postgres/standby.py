@@ -4,7 +4,8 @@ PostgreSQL 14+ reports ``in_hot_standby`` and ``default_transaction_read_only`` 
 every client and updates them on promotion, so a connection knows what it is
 connected to without a round trip. A write there fails with SQLSTATE 25006
 (read_only_sql_transaction): `read_only_error()` turns that into
-ReadOnlyDatabaseError naming the server and the fix.
+ReadOnlyDatabaseError naming the server and the fix. Older servers report neither
+parameter: there, that error path alone asks ``pg_is_in_recovery()``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from typing import Final
 
 import psycopg
+from psycopg.pq import TransactionStatus
 
 from shareddb._core.types import PgConnection
 from shareddb._core.url import DbTarget
@@ -100,6 +102,28 @@ def is_hot_standby(conn: PgConnection) -> bool:
     return conn.info.parameter_status("in_hot_standby") == "on"
 
 
+def reports_standby(conn: PgConnection) -> bool:
+    """Whether the server reports ``in_hot_standby`` (PostgreSQL 14+)."""
+    return conn.info.parameter_status("in_hot_standby") is not None
+
+
+def asks_recovery(conn: PgConnection) -> bool:
+    """Whether the server is in recovery, asked in one round trip (servers before 14).
+
+    Only on an idle connection (an aborted transaction answers nothing); a transaction
+    this begins is rolled back. False when it can't be asked.
+    """
+    if conn.closed or conn.info.transaction_status != TransactionStatus.IDLE:
+        return False
+    try:
+        row = conn.execute(b"SELECT pg_is_in_recovery()").fetchone()
+        if not conn.autocommit:
+            conn.rollback()
+    except psycopg.Error:
+        return False
+    return bool(row and row[0])
+
+
 def left_recovery(conn: PgConnection) -> bool:
     """Whether the server said it is not (or no longer) a hot standby; free, as above.
 
@@ -119,7 +143,7 @@ def read_only_error(
     if not isinstance(error, psycopg.errors.ReadOnlySqlTransaction):
         return None
     reason = " ".join(str(error).split())
-    if is_hot_standby(conn):
+    if is_hot_standby(conn) or (not reports_standby(conn) and asks_recovery(conn)):
         return standby_refuses(target, f"it refused a write ({reason})")
     if conn.info.parameter_status("default_transaction_read_only") == "on":
         return ReadOnlyDatabaseError(
