@@ -156,3 +156,16 @@ def test_after_fork_the_routing_lock_is_free_whoever_held_it() -> None:
     assert routing._lock.acquire(blocking=False)
     routing._lock.release()
     assert routing.plan(0.0) == [Attempt(0, check=True)]
+
+
+def test_lag_is_at_most_the_time_since_the_replica_was_last_caught_up() -> None:
+    """Records waiting that are no commit: the last commit's age (60 s) is not the lag."""
+    routing = Routing(["r0"], max_lag=5)
+    healthy(routing, 0, 100.0, lag=0.0)
+    healthy(routing, 0, 101.0, lag=60.0)
+    assert routing.usable(0) and routing.snapshot()[0].lag_seconds == 1.0
+    healthy(routing, 0, 106.5, lag=60.0)  # still not replayed: stuck, it counts
+    assert not routing.usable(0) and routing.snapshot()[0].lag_seconds == 6.5
+    fresh = Routing(["r0"], max_lag=5)
+    healthy(fresh, 0, 0.0, lag=60.0)  # never seen caught up: the commit's age stands
+    assert not fresh.usable(0)

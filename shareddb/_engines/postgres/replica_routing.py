@@ -46,6 +46,7 @@ class ReplicaHealth:
     replay_lsn: int = 0
     lag_seconds: float | None = None
     checked_at: float = float("-inf")
+    caught_up_at: float = float("-inf")  # the last check that found all it received replayed
     failures: int = 0
     retry_at: float = 0.0
     reason: str | None = None
@@ -160,6 +161,13 @@ class Routing:
                 self._back_off(replica, now, "not streaming", not_streaming)
                 return
             replica.replay_lsn = max(replica.replay_lsn, replay_lsn or 0)
+            if lag_seconds == 0:
+                replica.caught_up_at = now
+            elif lag_seconds is not None:
+                # The age of its last replayed commit overstates the lag when what waits is
+                # no commit (an idle primary's bookkeeping records): it had replayed all it
+                # received at `caught_up_at`, so it is at most that far behind.
+                lag_seconds = min(lag_seconds, now - replica.caught_up_at)
             replica.lag_seconds = lag_seconds
             replica.failures = 0
             replica.reason = None
