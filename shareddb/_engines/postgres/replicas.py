@@ -188,6 +188,9 @@ class ReplicaSet:
                     if refused is None:
                         raise
                     raise refused from e
+                except BaseException:
+                    _end(conn)
+                    raise
                 try:
                     yield (first,)
                 except psycopg.OperationalError as e:
