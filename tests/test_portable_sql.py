@@ -892,3 +892,47 @@ def test_calls_open_a_closed_service_on_demand(db_url: str) -> None:
         assert "open" in repr(db)
     finally:
         db.close()
+
+
+@pytest.mark.parametrize(
+    ("sql", "what"),
+    [
+        ("WITH d AS (DELETE FROM portable RETURNING id) SELECT count(*) FROM d", "DELETE"),
+        ("WITH u AS (UPDATE portable SET label = 'x' RETURNING id) SELECT 1 FROM u", "UPDATE"),
+        (
+            "WITH a AS (SELECT 1), b AS (SELECT * FROM (WITH i AS (INSERT INTO portable (id) "
+            "VALUES (9) RETURNING id) SELECT * FROM i) s) SELECT * FROM b",
+            "INSERT",
+        ),
+        ("WITH m AS (MERGE INTO portable USING t ON true DO NOTHING) SELECT 1", "MERGE"),
+        ("SELECT count(*) FROM (SELECT id FROM portable FOR UPDATE) s", "locks rows"),
+        ("SELECT id FROM portable FOR NO KEY UPDATE", "locks rows"),
+        ("select id from portable for share skip locked", "locks rows"),
+        ("SELECT id FROM portable FOR KEY SHARE", "locks rows"),
+        ("SELECT id INTO copied FROM portable", "creates a table"),
+        ("SELECT 1; DELETE FROM portable", "DELETE"),
+    ],
+)
+def test_read_only_refuses_a_select_that_writes_or_locks(
+    table: DbService, sql: str, what: str
+) -> None:
+    table.execute(INSERT, row(1))
+    with pytest.raises(InvalidArgumentError, match="read_only=True") as error:
+        table.query(sql, read_only=True)
+    assert what in str(error.value)
+    assert count(table) == 1 and table.query_value("SELECT label FROM portable") is None
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "WITH a AS (SELECT id FROM portable), b AS (SELECT id FROM a) SELECT count(*) FROM b",
+        "SELECT count(*) FROM portable WHERE coalesce(label, '') <> 'for update; delete'",
+        'SELECT count(*) AS "update" FROM portable',
+        "SELECT count(replace(label, 'a', 'b')) + 1 FROM portable",
+        "SELECT count(*) FROM portable AS p WHERE p.count IS NULL -- FOR UPDATE",
+    ],
+)
+def test_read_only_takes_selects_that_only_read(table: DbService, sql: str) -> None:
+    table.execute(INSERT, row(1))
+    assert table.query_value(sql, read_only=True) == 1

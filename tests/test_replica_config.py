@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 from helpers import run_cli
 
-from shareddb import ConfigError, DbService, load_config
+from shareddb import ConfigError, DbService, ShareddbError, load_config
 
 PRIMARY = "postgresql://alice:s3cret@db.example.com:5432/app"
 REPLICA = "postgresql://alice:s3cret@replica.example.com:5432/app"
@@ -77,16 +78,19 @@ def test_bad_replica_settings_name_the_key_and_the_fix(
 @pytest.mark.parametrize(
     ("kwargs", "words"),
     [
-        ({"replicas": REPLICA}, "must be a list of PostgreSQL urls"),
+        ({"replicas": REPLICA}, "must be a list of PostgreSQL urls, not one url"),
+        ({"replicas": REPLICA.encode()}, "must be a list of PostgreSQL urls, not a bytes"),
         ({"replicas": ["postgresql+embedded:///x"]}, "is not a PostgreSQL server url"),
         ({"replicas": [None]}, "is a NoneType, not a url"),
+        ({"replicas": [REPLICA.encode()]}, "is a bytes, not a url"),
         ({"max_replica_lag": -1}, "max_replica_lag=-1"),
         ({"read_your_writes": 1}, "read_your_writes=1"),
     ],
 )
 def test_bad_replica_arguments(kwargs: dict[str, object], words: str) -> None:
-    with pytest.raises(ConfigError, match=words):
+    with pytest.raises(ConfigError, match=words) as error:
         DbService(PRIMARY, **kwargs)  # type: ignore[arg-type]
+    assert "s3cret" not in str(error.value)
 
 
 def test_sqlite_takes_no_replicas(tmp_path: Path) -> None:
@@ -134,3 +138,22 @@ def test_shareddb_config_lists_the_replicas_masked(tmp_path: Path) -> None:
     assert shown.returncode == 0, shown.stderr
     assert "replica      postgresql://alice:***@replica.example.com:5432/app" in shown.stdout
     assert "s3cret" not in shown.stdout
+
+
+@pytest.mark.postgres
+def test_replica_health_in_a_forked_child_says_fork(pg_url: str) -> None:
+    down = "postgresql://alice:s3cret@127.0.0.1:9/app"
+    with DbService(pg_url, replicas=[down]) as db:
+        db.initialize()
+        pid = os.fork()
+        if pid == 0:  # the child: told about fork(), the parent's connections untouched
+            try:
+                db.engine.replica_health()
+            except ShareddbError as e:
+                os._exit(0 if "after fork()" in str(e) else 2)
+            except BaseException:
+                os._exit(3)
+            os._exit(1)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert db.engine.replica_health()[0].state == "down"

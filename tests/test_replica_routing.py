@@ -7,6 +7,7 @@ import pytest
 from shareddb._engines.postgres.replica_routing import (
     BACKOFF_MAX,
     BACKOFF_START,
+    CONNECT_TIMEOUT,
     HEALTH_INTERVAL,
     LSN_RECHECK,
     Attempt,
@@ -116,3 +117,55 @@ def test_lsn_text_compares_as_a_number() -> None:
     assert parse_lsn("0/0") == 0
     assert parse_lsn("16/B374D848") == (0x16 << 32) | 0xB374D848
     assert parse_lsn("1/0") > parse_lsn("0/FFFFFFFF")
+
+
+def test_a_replica_that_does_not_stream_is_skipped_whatever_its_lag() -> None:
+    routing = Routing(["r0"], max_lag=5)
+    healthy(routing, 0, 0.0)
+    routing.checked(
+        0, 1.0, in_recovery=True, replay_lsn=100, lag_seconds=0.0, not_streaming="no WAL receiver"
+    )
+    assert not routing.usable(0)
+    assert routing.plan(1.0 + BACKOFF_START / 2) == []  # no round trip until its backoff ends
+    assert routing.plan(1.0 + BACKOFF_START) == [Attempt(0, check=True)]
+    [health] = routing.snapshot()
+    assert (health.state, health.reason, health.lag_seconds) == (
+        "not streaming",
+        "no WAL receiver",
+        None,
+    )
+    healthy(routing, 0, 2.0)
+    assert routing.usable(0)
+
+
+def test_one_caller_probes_a_replica_whose_backoff_ended_the_others_skip_it() -> None:
+    routing = Routing(["r0"], max_lag=5)
+    routing.failed(0, 0.0, "timeout expired")
+    retry = routing.snapshot()[0].retry_at
+    assert routing.plan(retry) == [Attempt(0, check=True)]  # this caller checks it
+    assert routing.plan(retry) == [] and routing.plan(retry + 0.1) == []  # the rest don't wait
+    assert routing.plan(retry + CONNECT_TIMEOUT) == [Attempt(0, check=True)]  # that one hung
+    routing.failed(0, retry + CONNECT_TIMEOUT, "timeout expired")
+    assert routing.snapshot()[0].failures == 2
+
+
+def test_after_fork_the_routing_lock_is_free_whoever_held_it() -> None:
+    routing = Routing(["r0"], max_lag=5)
+    assert routing._lock.acquire(blocking=False)  # a parent's thread holds it at fork()
+    routing.forget()
+    assert routing._lock.acquire(blocking=False)
+    routing._lock.release()
+    assert routing.plan(0.0) == [Attempt(0, check=True)]
+
+
+def test_lag_is_at_most_the_time_since_the_replica_was_last_caught_up() -> None:
+    """Records waiting that are no commit: the last commit's age (60 s) is not the lag."""
+    routing = Routing(["r0"], max_lag=5)
+    healthy(routing, 0, 100.0, lag=0.0)
+    healthy(routing, 0, 101.0, lag=60.0)
+    assert routing.usable(0) and routing.snapshot()[0].lag_seconds == 1.0
+    healthy(routing, 0, 106.5, lag=60.0)  # still not replayed: stuck, it counts
+    assert not routing.usable(0) and routing.snapshot()[0].lag_seconds == 6.5
+    fresh = Routing(["r0"], max_lag=5)
+    healthy(fresh, 0, 0.0, lag=60.0)  # never seen caught up: the commit's age stands
+    assert not fresh.usable(0)

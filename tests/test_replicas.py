@@ -7,6 +7,7 @@ exit, so each count is read after the service is closed).
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import threading
 import time
@@ -16,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import psycopg
 import pytest
+from helpers import run_cli
+from psycopg import sql
 from standby import Standby
 
 from shareddb import DbService, SessionRecord, SessionStorage, VectorStorage
@@ -185,12 +188,22 @@ def test_a_promoted_standby_is_no_longer_used(pg_url: str, pg_server_url: str) -
         standby.remove()
 
 
-def test_read_only_query_must_only_read(replicated: tuple[str, str]) -> None:
+def test_read_only_query_must_only_read(
+    replicated: tuple[str, str], standby_server: Standby
+) -> None:
     primary, replica = replicated
+    with DbService(primary) as db:
+        db.execute("CREATE SEQUENCE s")
+    standby_server.wait_for(primary)
     with DbService(primary, replicas=[replica]) as db:
         with pytest.raises(InvalidArgumentError, match="read_only=True is for statements"):
             db.query("CREATE TABLE t (x int)", read_only=True)
         assert db.query_value("SELECT to_regclass('t') IS NULL") is True
+        # A write the scan can't see (a function's): the replica's refusal says so.
+        with pytest.raises(InvalidArgumentError, match="read_only=True but the statement writes"):
+            db.query_value("SELECT nextval('s')", read_only=True)
+        assert db.engine.replica_health()[0].state == "healthy"
+        assert db.query_value("SELECT nextval('s')") == 1
 
 
 @pytest.fixture
@@ -241,6 +254,7 @@ def test_every_replica_read_runs_on_the_replica(paused: tuple[str, str]) -> None
         assert db.query_value("SELECT count(*) FROM sessions", read_only=True) == 1
         # A table the standby has not replayed: the primary answers.
         assert VectorStorage(db, table="late").count() == 1
+        assert list(VectorStorage(db, table="late").ids()) == ["md#1"]  # a stream too
         assert db.query_value("SELECT count(*) FROM late", read_only=True) == 1
         # Without read_only, and with conn=, the primary answers.
         assert db.query_value("SELECT count(*) FROM sessions") == 2
@@ -263,3 +277,68 @@ def test_a_replica_past_max_replica_lag_is_skipped(paused: tuple[str, str]) -> N
         health = db.engine.replica_health()
         assert health[0].state == "lagging", health
         assert "max_replica_lag=0.5" in (health[0].reason or "")
+
+
+@contextlib.contextmanager
+def cut_off(standby: Standby) -> Iterator[None]:
+    """The standby's WAL receiver stopped (no primary_conninfo), as if the network were cut."""
+    with psycopg.connect(standby.url(), autocommit=True) as conn:
+        row = conn.execute("SHOW primary_conninfo").fetchone()
+        assert row is not None and row[0]
+        conn.execute("ALTER SYSTEM SET primary_conninfo = ''")
+        conn.execute("SELECT pg_reload_conf()")
+        try:
+            wait_until(conn, "SELECT NOT EXISTS (SELECT 1 FROM pg_stat_wal_receiver)")
+            yield
+        finally:
+            conn.execute(sql.SQL("ALTER SYSTEM SET primary_conninfo = {}").format(row[0]))
+            conn.execute("SELECT pg_reload_conf()")
+            wait_until(conn, "SELECT EXISTS (SELECT 1 FROM pg_stat_wal_receiver)")
+
+
+def wait_until(conn: psycopg.Connection, query: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not conn.execute(query).fetchone()[0]:  # type: ignore[index]
+        assert time.monotonic() < deadline, query
+        time.sleep(0.05)
+
+
+def test_a_standby_that_stopped_streaming_serves_no_reads(
+    replicated: tuple[str, str], standby_server: Standby
+) -> None:
+    """Cut off, it has replayed all it received ("lag 0") yet misses the primary's writes."""
+    primary, replica = replicated
+    with DbService(primary) as db:
+        db.initialize()
+        VectorStorage(db).upsert("md#1", vector(1))
+    standby_server.wait_for(primary)
+    with cut_off(standby_server):
+        with DbService(primary) as other:  # another process: no read-your-writes mark
+            VectorStorage(other).upsert("md#2", vector(2))
+        with DbService(primary, replicas=[replica], max_replica_lag=3600) as db:
+            vectors = VectorStorage(db)
+            assert vectors.get("md#2") is not None and vectors.count() == 2
+            assert db.query_value("SELECT count(*) FROM task_embeddings", read_only=True) == 2
+            health = db.engine.replica_health()
+            assert health[0].state == "not streaming", health
+            assert "no WAL receiver" in (health[0].reason or ""), health
+        status = run_cli("status", "--url", replica)
+        assert "not streaming from the primary (no WAL receiver)" in status.stdout, status.stdout
+    standby_server.wait_for(primary)
+    with DbService(primary, replicas=[replica]) as db:
+        assert db.engine.replica_health()[0].state == "healthy"
+
+
+def test_a_commit_inside_a_transaction_block_is_read_back_at_once(paused: tuple[str, str]) -> None:
+    primary, replica = paused
+    with DbService(primary, replicas=[replica], max_replica_lag=3600) as db:
+        vectors = VectorStorage(db)
+        assert vectors.count() == 1  # from the paused standby
+        with pytest.raises(RuntimeError), db.transaction() as conn:
+            vectors.upsert("c#1", vector(3), conn=conn)
+            conn.commit()
+            assert vectors.get("c#1") is not None  # not from the paused standby
+            vectors.upsert("c#2", vector(4), conn=conn)  # a transaction of its own
+            raise RuntimeError("rolls back c#2, not c#1")
+        assert vectors.exists("c#1") and not vectors.exists("c#2")
+        assert vectors.count() == 2

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import psycopg
 import pytest
 from helpers import run_cli
+from psycopg.pq import TransactionStatus
 from standby import Standby
 
 from shareddb import (
@@ -14,6 +16,7 @@ from shareddb import (
     SessionStorage,
     VectorStorage,
 )
+from shareddb._engines.postgres.standby import asks_recovery, reports_standby
 
 pytestmark = pytest.mark.postgres
 
@@ -81,3 +84,21 @@ def test_cli_on_a_standby_says_standby(replicated: tuple[str, str]) -> None:
     assert "standby (read-only), replay lag " in doctor.stdout, doctor.stdout
     assert "run: shareddb init" not in doctor.stdout
     assert "`shareddb init` against the primary" in doctor.stdout
+
+
+def test_servers_before_14_are_asked_whether_they_are_in_recovery(
+    replicated: tuple[str, str],
+) -> None:
+    """What read_only_error() asks where the server reports no in_hot_standby (before 14)."""
+    primary, replica = replicated
+    for url, in_recovery in ((primary, False), (replica, True)):
+        with psycopg.connect(url, autocommit=True) as conn:
+            assert reports_standby(conn)  # this server is 18: the question is never needed
+            assert asks_recovery(conn) is in_recovery
+        with psycopg.connect(url) as conn:  # out of autocommit: the question leaves no transaction
+            assert asks_recovery(conn) is in_recovery
+            assert conn.info.transaction_status == TransactionStatus.IDLE
+            with pytest.raises(psycopg.errors.DivisionByZero):
+                conn.execute("SELECT 1 / 0")
+            assert asks_recovery(conn) is False  # an aborted transaction answers nothing
+            assert conn.info.transaction_status == TransactionStatus.INERROR

@@ -16,9 +16,11 @@ def replica_options(
     primary: DbTarget, replicas: Sequence[str], max_lag: float, read_your_writes: bool
 ) -> dict[str, Any]:
     """The engine's keyword arguments for these options; ConfigError naming a bad one."""
-    if isinstance(replicas, str) or not isinstance(replicas, Sequence):
+    if isinstance(replicas, str | bytes) or not isinstance(replicas, Sequence):
+        # The value is not shown: a url in it may carry a password.
+        given = _masked(replicas) if isinstance(replicas, str) else f"a {type(replicas).__name__}"
         raise ConfigError(
-            f"replicas={replicas!r} must be a list of PostgreSQL urls",
+            f"replicas must be a list of PostgreSQL urls, not {given}",
             fix='pass replicas=["postgresql://user:pass@replica-host:5432/db", ...]',
         )
     if isinstance(max_lag, bool) or not isinstance(max_lag, int | float) or not max_lag > 0:
@@ -43,7 +45,7 @@ def replica_options(
 def _replica(url: object, primary: DbTarget) -> DbTarget:
     if not isinstance(url, str):
         raise ConfigError(
-            f"replica {url!r} is a {type(url).__name__}, not a url",
+            f"a replica is a {type(url).__name__}, not a url (str)",
             fix="pass each replica as a postgresql:// url",
         )
     try:
@@ -61,3 +63,11 @@ def _replica(url: object, primary: DbTarget) -> DbTarget:
             fix="list the standbys' urls in replicas, not the primary's",
         )
     return target
+
+
+def _masked(url: str) -> str:
+    """One url given where a list was expected, its password masked."""
+    try:
+        return f"one url ({parse_url(url).masked})"
+    except ConfigError:
+        return "a str"

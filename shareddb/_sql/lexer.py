@@ -93,6 +93,9 @@ class Parsed:
     :ivar probe: SQLite only: a SELECT whose result columns are the statement's (its
         placeholders as NULL), from which SQLite tells their declared types; None
         when the statement returns no rows or the scan can't tell.
+    :ivar side_effect: what makes a SELECT more than a read (a data-modifying ``WITH``,
+        ``SELECT ... INTO``, a ``FOR UPDATE`` / ``FOR SHARE`` lock), for messages;
+        None when the scan sees none.
     """
 
     names: tuple[str, ...]
@@ -100,6 +103,7 @@ class Parsed:
     verb: str
     first: str
     probe: str | None
+    side_effect: str | None = None
 
     @property
     def reads_only(self) -> bool:
@@ -119,6 +123,7 @@ class _Scan:
     first: str  # the first word at any depth: SELECT in (SELECT ...) UNION (SELECT ...)
     semicolon: int | None  # the first top-level semicolon
     heads: list[list[tuple[int, str]]]  # each statement's first two top-level words
+    side_effect: str | None  # the first word, at any depth, that writes or locks rows
 
 
 def parse(sql: object, dialect: EngineKind) -> Parsed:
@@ -141,10 +146,13 @@ def _parse(sql: str, dialect: EngineKind) -> Parsed:
     verb = first if first in _VERBS else ""
     if first == "WITH":
         verb = next((w for w in words if w in _VERBS), "")
+    side_effect = scan.side_effect
+    if side_effect is None and verb == "SELECT" and "INTO" in words:
+        side_effect = "SELECT ... INTO, which creates a table"
     if dialect == "postgres":
         text = _render(sql, scan.params, 0, len(sql), _pyformat, escape=True)
-        return Parsed(names, text, verb, first, None)
-    return Parsed(names, sql, verb, first, _probe(sql, scan, verb, first))
+        return Parsed(names, text, verb, first, None, side_effect)
+    return Parsed(names, sql, verb, first, _probe(sql, scan, verb, first), side_effect)
 
 
 def _pyformat(name: str) -> str:
@@ -215,6 +223,8 @@ def _scan(sql: str, dialect: EngineKind) -> _Scan:
     semicolon: int | None = None
     heads: list[list[tuple[int, str]]] = [[]]
     first = ""
+    previous = ""  # the word before, at any depth
+    side_effect: str | None = None
     depth = 0
     n = len(sql)
     i = 0
@@ -264,9 +274,26 @@ def _scan(sql: str, dialect: EngineKind) -> _Scan:
                 words.append((i, match.end(), found.upper()))
                 if len(heads[-1]) < 2:
                     heads[-1].append((i, found.upper()))
-            first = first or found.upper()
+            word = found.upper()
+            first = first or word
+            if side_effect is None and not (i and sql[i - 1] == "."):  # not t.update
+                side_effect = _side_effect(previous, word)
+            previous = word
             i = match.end()
-    return _Scan(params, words, first, semicolon, heads)
+    return _Scan(params, words, first, semicolon, heads, side_effect)
+
+
+def _side_effect(previous: str, word: str) -> str | None:
+    """What the keyword `word` (after `previous`) does besides reading, if anything.
+
+    A data-modifying verb anywhere (``WITH d AS (DELETE ...) SELECT``), or the row
+    lock of ``FOR UPDATE``, ``FOR NO KEY UPDATE``, ``FOR SHARE``, ``FOR KEY SHARE``.
+    """
+    if word in ("UPDATE", "SHARE") and previous in ("FOR", "KEY"):
+        return "a FOR UPDATE / FOR SHARE clause, which locks rows"
+    if word in _WRITE_VERBS and word != "REPLACE":  # replace() is a function
+        return f"{word}, which writes"
+    return None
 
 
 def _refuse_session_changes(sql: str, heads: list[list[tuple[int, str]]]) -> None:

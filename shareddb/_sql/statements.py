@@ -102,6 +102,13 @@ class Statements(ABC):
                 f"statement is {parsed.verb or parsed.first or 'empty'}",
                 fix="leave read_only out for a statement that writes",
             )
+        if parsed.side_effect is not None:
+            raise InvalidArgumentError(
+                "read_only=True is for statements that only read; this SELECT runs "
+                f"{parsed.side_effect}",
+                fix="leave read_only out for a statement that writes or locks rows "
+                "(it runs on the primary)",
+            )
         return self._read_rows(parsed, values, conn, limit)
 
     def _read_rows(

@@ -206,7 +206,7 @@ class PostgresEngine(Engine[PgConnection]):
             try:
                 # Commit on success, roll back on error; a pooled connection stays open,
                 # a direct one (see _checkout) is closed.
-                with conn:
+                with conn, self._commits_noted(conn):
                     yield conn
             except psycopg.OperationalError as e:
                 # Also covers a connection lost during the commit itself.
@@ -225,6 +225,32 @@ class PostgresEngine(Engine[PgConnection]):
                     self._note_write(conn)
         finally:
             self._release(conn, pool)
+
+    @contextmanager
+    def _commits_noted(self, conn: PgConnection) -> Iterator[None]:
+        """With replicas, each `conn.commit()` the block calls is read-your-writes too.
+
+        The block's own end is noted by `transaction()`; a read after a commit in the
+        middle of it must see that commit. The WAL's end is read in autocommit mode,
+        so the block's next statement still starts a transaction of its own.
+        """
+        if self._replicas is None:
+            yield
+            return
+
+        def commit() -> None:
+            psycopg.Connection.commit(conn)
+            conn.autocommit = True
+            try:
+                self._note_write(conn)
+            finally:
+                conn.autocommit = False
+
+        setattr(conn, "commit", commit)  # noqa: B010 - an instance's own method, for the block
+        try:
+            yield
+        finally:
+            conn.__dict__.pop("commit", None)  # before `with conn` commits at the end
 
     def reading(self) -> AbstractContextManager[PgConnection]:
         return self.transaction()
@@ -261,23 +287,27 @@ class PostgresEngine(Engine[PgConnection]):
         return self._replicas.read(work, on_primary)
 
     @contextmanager
-    def streaming(self, conn: Connection | None) -> Iterator[PgConnection]:
-        """A connection in a transaction for a server-side cursor's reads.
+    def streaming(self, conn: Connection | None, start: Callable[[PgConnection], T]) -> Iterator[T]:
+        """`start(c)` (a server-side cursor's DECLARE and first page) in a transaction that
+        stays open while the caller streams.
 
-        The caller's, or a replica's that may serve reads, or one of the primary's.
+        On the caller's connection, or a replica that may serve reads (one that fails
+        before `start` returns is skipped, as by `read()`), or the primary.
         """
         if conn is not None:
-            yield self.checked(conn)
+            yield start(self.checked(conn))
             return
         if self._replicas is not None:
-            self.ensure_open()
-            with self._replicas.held() as held:
+            if self._pool is None or self.pid != os.getpid():
+                self.ensure_open()
+            if lost := self._replicas.routing.lost_writes:
+                self._find_lost_writes(lost)
+            with self._replicas.held(start) as held:
                 if held is not None:
-                    with held.transaction():
-                        yield held
+                    yield held[0]
                     return
         with self.transaction() as c:
-            yield c
+            yield start(c)
 
     def _note_write(self, conn: PgConnection) -> None:
         """Remember where the primary's WAL ends after a commit, for read-your-writes.
@@ -311,7 +341,10 @@ class PostgresEngine(Engine[PgConnection]):
 
     def replica_health(self) -> list[ReplicaHealth]:
         """Each replica checked now (state, replay lag); empty without replicas."""
-        return [] if self._replicas is None else self._replicas.health()
+        if self._replicas is None:
+            return []
+        self.ensure_open()  # a forked child is told so before the parent's connections are used
+        return self._replicas.health()
 
     def in_transaction(self, conn: PgConnection) -> bool:
         return not (conn.autocommit and conn.info.transaction_status == IDLE)

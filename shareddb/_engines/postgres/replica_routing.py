@@ -30,8 +30,11 @@ LSN_RECHECK: Final = 0.005
 # failure up to BACKOFF_MAX.
 BACKOFF_START: Final = 0.5
 BACKOFF_MAX: Final = 30.0
+# Seconds a connection attempt to a replica may take. While one caller checks a replica
+# that is not in use, the others skip it for this long rather than each wait as long.
+CONNECT_TIMEOUT: Final = 2.0
 
-ReplicaState = Literal["unknown", "healthy", "lagging", "down", "promoted"]
+ReplicaState = Literal["unknown", "healthy", "lagging", "not streaming", "down", "promoted"]
 
 
 @dataclass
@@ -43,6 +46,7 @@ class ReplicaHealth:
     replay_lsn: int = 0
     lag_seconds: float | None = None
     checked_at: float = float("-inf")
+    caught_up_at: float = float("-inf")  # the last check that found all it received replayed
     failures: int = 0
     retry_at: float = 0.0
     reason: str | None = None
@@ -91,8 +95,11 @@ class Routing:
 
     def _needs_check(self, replica: ReplicaHealth, now: float) -> bool | None:
         """None: skip it now; False: use it as known; True: check it, then decide."""
-        if replica.state in ("down", "promoted", "unknown"):
-            return True if now >= replica.retry_at else None
+        if replica.state in ("down", "promoted", "unknown", "not streaming"):
+            if now < replica.retry_at:
+                return None
+            replica.retry_at = now + CONNECT_TIMEOUT  # this caller probes; the others don't
+            return True
         if now - replica.checked_at >= HEALTH_INTERVAL:
             return True
         if replica.state == "lagging":
@@ -140,15 +147,27 @@ class Routing:
         in_recovery: bool,
         replay_lsn: int | None,
         lag_seconds: float | None,
+        not_streaming: str | None = None,
     ) -> None:
-        """A check of replica `index` answered."""
+        """A check of replica `index` answered; `not_streaming`: why its lag means nothing."""
         with self._lock:
             replica = self.replicas[index]
             replica.checked_at = now
             if not in_recovery:
                 self._back_off(replica, now, "promoted", "not in recovery: it was promoted")
                 return
+            if not_streaming is not None:
+                replica.lag_seconds = None
+                self._back_off(replica, now, "not streaming", not_streaming)
+                return
             replica.replay_lsn = max(replica.replay_lsn, replay_lsn or 0)
+            if lag_seconds == 0:
+                replica.caught_up_at = now
+            elif lag_seconds is not None:
+                # The age of its last replayed commit overstates the lag when what waits is
+                # no commit (an idle primary's bookkeeping records): it had replayed all it
+                # received at `caught_up_at`, so it is at most that far behind.
+                lag_seconds = min(lag_seconds, now - replica.caught_up_at)
             replica.lag_seconds = lag_seconds
             replica.failures = 0
             replica.reason = None
@@ -178,6 +197,10 @@ class Routing:
         replica.reason = reason
         replica.failures += 1
         replica.retry_at = now + min(BACKOFF_START * 2 ** (replica.failures - 1), BACKOFF_MAX)
+
+    def forget(self) -> None:
+        """After fork(): a thread of the parent may have held the lock; the child's is free."""
+        self._lock = threading.Lock()
 
     def snapshot(self) -> list[ReplicaHealth]:
         """A copy of what is known of each replica."""

@@ -26,17 +26,21 @@ from psycopg.pq import TransactionStatus
 
 from shareddb._core.types import PgConnection, Pooler
 from shareddb._core.url import DbTarget
-from shareddb._engines.postgres.connect import connect, register_types
-from shareddb._engines.postgres.replica_routing import Attempt, ReplicaHealth, Routing
-from shareddb._engines.postgres.standby import left_recovery, standby_state
-from shareddb.errors import DatabaseUnavailableError
+from shareddb._engines.postgres.connect import connect, lost_connection, register_types
+from shareddb._engines.postgres.pooler import behind_pooler
+from shareddb._engines.postgres.replica_routing import (
+    CONNECT_TIMEOUT,
+    Attempt,
+    ReplicaHealth,
+    Routing,
+)
+from shareddb._engines.postgres.standby import left_recovery, receiver_problem, standby_state
+from shareddb.errors import DatabaseUnavailableError, InvalidArgumentError, ShareddbError
 
 logger = logging.getLogger("shareddb.replicas")
 
 T = TypeVar("T")
 
-# Seconds a connection attempt to a replica may take: the primary can serve the read.
-CONNECT_TIMEOUT: Final = 2.0
 # Errors of a standby's recovery (a query cancelled by replay): the primary has no such
 # conflict, so the read runs there.
 _RECOVERY_CONFLICTS: Final = frozenset({"40001", "40P01"})
@@ -52,7 +56,7 @@ class ReplicaConnections:
 
     def __init__(self, target: DbTarget, max_size: int, pooler: Pooler | None = None) -> None:
         self.target = target
-        self._pooler = pooler  # replicas behind the same kind of pooler as the primary
+        self._pooler = pooler  # the primary's setting; a pooler found on the replica counts too
         self._idle: list[PgConnection] = []
         self._max_size = max_size
         self._lock = threading.Lock()
@@ -78,6 +82,10 @@ class ReplicaConnections:
     def _connect(self) -> PgConnection:
         conn = connect(self.target, CONNECT_TIMEOUT, autocommit=True, pooler=self._pooler)
         try:
+            # A replica may sit behind a pooler the primary does not: found, no prepared
+            # statements (see connect_kwargs). One round trip per connection, which is kept.
+            if self._pooler != "transaction" and behind_pooler(conn):
+                conn.prepare_threshold = None
             if not register_types(conn):
                 setattr(conn, _NO_VECTOR_TYPES, True)  # replaced once it is given back
         except psycopg.Error as e:
@@ -148,26 +156,53 @@ class ReplicaSet:
         return on_primary()
 
     @contextmanager
-    def held(self) -> Iterator[PgConnection | None]:
-        """A replica connection that may serve reads now, held for a stream; None: none may.
+    def held(self, start: Callable[[PgConnection], T]) -> Iterator[tuple[T] | None]:
+        """`(start(conn),)` in a transaction on a replica, held open for a stream; None: no
+        replica may serve it.
 
-        Only the choice fails over: a replica lost while the stream runs raises.
+        Until `start` returns, a replica that fails is skipped as in `read()`; a replica
+        lost after that raises DatabaseUnavailableError naming it.
         """
         for attempt in self.routing.plan(time.monotonic()):
             try:
                 conn = self._ready(attempt)
             except _Skip:
                 continue
-            replica = self._connections[attempt.index]
+            index = attempt.index
+            replica = self._connections[index]
             try:
-                yield conn
-            except psycopg.OperationalError as e:
-                if conn.broken:
-                    self._failed(attempt.index, " ".join(str(e).split()))
-                raise
+                conn.autocommit = False  # start's first statement begins the transaction
+                try:
+                    first = start(conn)
+                    if left_recovery(conn):
+                        self._promoted(index)
+                except _Skip:
+                    _end(conn)
+                    continue
+                except psycopg.Error as e:
+                    skip = self._skippable(index, conn, e)
+                    _end(conn)
+                    if skip:
+                        continue
+                    refused = self._refused(replica, e)
+                    if refused is None:
+                        raise
+                    raise refused from e
+                except BaseException:
+                    _end(conn)
+                    raise
+                try:
+                    yield (first,)
+                except psycopg.OperationalError as e:
+                    if conn.broken:
+                        self._failed(index, " ".join(str(e).split()))
+                        raise lost_connection(replica.target, e) from e
+                    raise
+                finally:
+                    _end(conn)
+                return
             finally:
                 replica.put(conn)
-            return
         yield None
 
     def _ready(self, attempt: Attempt) -> PgConnection:
@@ -204,20 +239,42 @@ class ReplicaSet:
             if left_recovery(conn):  # promoted while it answered: the primary answers
                 self._promoted(index)
             return result
-        except psycopg.OperationalError as e:
-            if conn.broken:
-                self._failed(index, " ".join(str(e).split()))
+        except psycopg.Error as e:
+            if self._skippable(index, conn, e):
                 raise _Skip from None
-            if e.sqlstate in _RECOVERY_CONFLICTS:
-                logger.info("read on replica %s cancelled by its recovery", replica.target.masked)
-                raise _Skip from None
-            raise
-        except psycopg.ProgrammingError as e:
-            if e.sqlstate in _NOT_REPLAYED_YET:
-                raise _Skip from None
-            raise
+            refused = self._refused(replica, e)
+            if refused is None:
+                raise
+            raise refused from e
         finally:
             replica.put(conn)
+
+    def _skippable(self, index: int, conn: PgConnection, error: psycopg.Error) -> bool:
+        """Whether a read that failed so on replica `index` runs again on the next candidate.
+
+        A broken connection marks the replica down; a recovery conflict or an object not
+        replayed yet says nothing against it.
+        """
+        if isinstance(error, psycopg.OperationalError):
+            if conn.broken:
+                self._failed(index, " ".join(str(error).split()))
+                return True
+            if error.sqlstate in _RECOVERY_CONFLICTS:
+                target = self._connections[index].target
+                logger.info("read on replica %s cancelled by its recovery", target.masked)
+                return True
+        return isinstance(error, psycopg.ProgrammingError) and error.sqlstate in _NOT_REPLAYED_YET
+
+    @staticmethod
+    def _refused(replica: ReplicaConnections, error: psycopg.Error) -> ShareddbError | None:
+        """InvalidArgumentError for a write the replica refused (one the scan did not see)."""
+        if not isinstance(error, psycopg.errors.ReadOnlySqlTransaction):
+            return None
+        return InvalidArgumentError(
+            f"read_only=True but the statement writes: replica {replica.target.masked} "
+            f"refused it ({' '.join(str(error).split())})",
+            fix="leave read_only out for a statement that writes (it runs on the primary)",
+        )
 
     def _check(self, index: int, conn: PgConnection) -> None:
         state = standby_state(conn)
@@ -227,6 +284,9 @@ class ReplicaSet:
             in_recovery=state.in_recovery,
             replay_lsn=state.replay_lsn,
             lag_seconds=state.lag_seconds,
+            not_streaming=None
+            if state.streaming
+            else f"{receiver_problem(state.receiver)}: its replay lag is unknown",
         )
         if not self.routing.usable(index):
             raise _Skip
@@ -269,4 +329,20 @@ class ReplicaSet:
             replica.clear()
 
     def forget(self) -> list[PgConnection]:
+        """After fork(): the parent's idle connections, let go of; fresh locks."""
+        self.routing.forget()
         return [conn for replica in self._connections for conn in replica.forget()]
+
+
+def _end(conn: PgConnection) -> None:
+    """End a stream's read-only transaction and put `conn` back in autocommit mode.
+
+    A connection where that fails is closed: it is not given to another read.
+    """
+    if conn.closed:
+        return
+    try:
+        conn.rollback()
+        conn.autocommit = True
+    except psycopg.Error:
+        conn.close()

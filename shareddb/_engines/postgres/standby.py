@@ -4,7 +4,8 @@ PostgreSQL 14+ reports ``in_hot_standby`` and ``default_transaction_read_only`` 
 every client and updates them on promotion, so a connection knows what it is
 connected to without a round trip. A write there fails with SQLSTATE 25006
 (read_only_sql_transaction): `read_only_error()` turns that into
-ReadOnlyDatabaseError naming the server and the fix.
+ReadOnlyDatabaseError naming the server and the fix. Older servers report neither
+parameter: there, that error path alone asks ``pg_is_in_recovery()``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from typing import Final
 
 import psycopg
+from psycopg.pq import TransactionStatus
 
 from shareddb._core.types import PgConnection
 from shareddb._core.url import DbTarget
@@ -20,11 +22,16 @@ from shareddb.errors import ReadOnlyDatabaseError
 
 # What a standby knows of its replay, in one round trip. The lag is 0 while everything
 # received is replayed (an idle primary sends nothing, and the last replayed commit's
-# age would grow for ever), else the age of the last replayed commit.
+# age would grow for ever), else the age of the last replayed commit. That holds only
+# while the WAL receiver streams from the primary: a standby cut off from it has
+# replayed all it received and says 0 for ever. So the receiver's status comes along:
+# no row, no receiver; a NULL status, a role without pg_read_all_stats, which sees the
+# receiver's pid only.
 STANDBY_STATE: Final = (
     b"SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn(), "
     b"CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0 "
-    b"ELSE EXTRACT(epoch FROM now() - pg_last_xact_replay_timestamp()) END"
+    b"ELSE EXTRACT(epoch FROM now() - pg_last_xact_replay_timestamp()) END, "
+    b"(SELECT coalesce(status, 'hidden') FROM pg_stat_wal_receiver LIMIT 1)"
 )
 
 WRITES_FIX: Final = "point writes (and initialize()) at the primary's url"
@@ -32,17 +39,35 @@ WRITES_FIX: Final = "point writes (and initialize()) at the primary's url"
 
 @dataclass(frozen=True)
 class StandbyState:
-    """What `standby_state()` found: in recovery or not, the replayed LSN and the lag."""
+    """What `standby_state()` found: in recovery or not, the replayed LSN and the lag.
+
+    `receiver`: the WAL receiver's status (``streaming``, ``waiting``…; ``hidden`` when
+    the role may not see it), None when there is none.
+    """
 
     in_recovery: bool
     replay_lsn: int | None
     lag_seconds: float | None
+    receiver: str | None = None
+
+    @property
+    def streaming(self) -> bool:
+        """Whether the standby streams from the primary, so that its lag means something."""
+        return self.receiver in ("streaming", "hidden")
 
     def describe(self) -> str:
         """``standby (read-only), replay lag 12 ms`` or ``primary (read-write)``."""
         if not self.in_recovery:
             return "primary (read-write)"
+        if not self.streaming:
+            why = receiver_problem(self.receiver)
+            return f"standby (read-only), not streaming from the primary ({why}), lag unknown"
         return f"standby (read-only), replay lag {describe_lag(self.lag_seconds)}"
+
+
+def receiver_problem(receiver: str | None) -> str:
+    """``no WAL receiver`` or ``WAL receiver waiting``: why a standby does not stream."""
+    return "no WAL receiver" if receiver is None else f"WAL receiver {receiver}"
 
 
 def describe_lag(seconds: float | None) -> str:
@@ -63,17 +88,40 @@ def standby_state(conn: PgConnection) -> StandbyState:
     """Whether `conn`'s server is in recovery, and its replay position and lag."""
     row = conn.execute(STANDBY_STATE).fetchone()
     assert row is not None
-    in_recovery, lsn, lag = row
+    in_recovery, lsn, lag, receiver = row
     return StandbyState(
         in_recovery=bool(in_recovery),
         replay_lsn=None if lsn is None else parse_lsn(str(lsn)),
         lag_seconds=None if lag is None else max(float(lag), 0.0),
+        receiver=None if receiver is None else str(receiver),
     )
 
 
 def is_hot_standby(conn: PgConnection) -> bool:
     """Whether the server said it is a hot standby (free: a reported parameter)."""
     return conn.info.parameter_status("in_hot_standby") == "on"
+
+
+def reports_standby(conn: PgConnection) -> bool:
+    """Whether the server reports ``in_hot_standby`` (PostgreSQL 14+)."""
+    return conn.info.parameter_status("in_hot_standby") is not None
+
+
+def asks_recovery(conn: PgConnection) -> bool:
+    """Whether the server is in recovery, asked in one round trip (servers before 14).
+
+    Only on an idle connection (an aborted transaction answers nothing); a transaction
+    this begins is rolled back. False when it can't be asked.
+    """
+    if conn.closed or conn.info.transaction_status != TransactionStatus.IDLE:
+        return False
+    try:
+        row = conn.execute(b"SELECT pg_is_in_recovery()").fetchone()
+        if not conn.autocommit:
+            conn.rollback()
+    except psycopg.Error:
+        return False
+    return bool(row and row[0])
 
 
 def left_recovery(conn: PgConnection) -> bool:
@@ -95,7 +143,7 @@ def read_only_error(
     if not isinstance(error, psycopg.errors.ReadOnlySqlTransaction):
         return None
     reason = " ".join(str(error).split())
-    if is_hot_standby(conn):
+    if is_hot_standby(conn) or (not reports_standby(conn) and asks_recovery(conn)):
         return standby_refuses(target, f"it refused a write ({reason})")
     if conn.info.parameter_status("default_transaction_read_only") == "on":
         return ReadOnlyDatabaseError(

@@ -18,7 +18,7 @@ import json
 import logging
 import uuid
 from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, nullcontext, suppress
 from typing import TYPE_CHECKING, Any, Final, LiteralString
 
 import numpy as np
@@ -291,12 +291,22 @@ class PostgresVectors:
         """Streams through a server-side cursor: the ids never sit in memory all at once."""
         conditions, params = row_conditions(rows)
         statement = IDS.format(table=self._ident, where=_all(conditions))
-        with (
-            self._engine.streaming(conn) as c,
-            c.cursor(name=f"shareddb_ids_{uuid.uuid4().hex}") as cursor,  # one per iteration
-        ):
-            cursor.itersize = IDS_PER_FETCH
-            cursor.execute(statement, params)
+
+        def start(c: PgConnection) -> tuple[psycopg.ServerCursor[Any], list[Any]]:
+            """DECLARE and the first page: until they answer, a replica can be skipped."""
+            cursor = c.cursor(name=f"shareddb_ids_{uuid.uuid4().hex}")  # one per iteration
+            try:
+                cursor.itersize = IDS_PER_FETCH
+                cursor.execute(statement, params)
+                return cursor, cursor.fetchmany(IDS_PER_FETCH)
+            except BaseException:
+                with suppress(psycopg.Error):
+                    cursor.close()
+                raise
+
+        with self._engine.streaming(conn, start) as (cursor, first), cursor:
+            for row in first:
+                yield str(row[0])
             for row in cursor:
                 yield str(row[0])
 
