@@ -5,7 +5,8 @@ wait for them; on a busy machine that stalls every search (bench/contention.py).
 ranking computes its products without BLAS's threads (``shareddb._vectors.products``):
 these tests watch the BLAS worker threads' CPU time and context switches through /proc
 while searches run, from one thread and from 8, and check that every product gives the
-same numbers as the single-threaded kernel and numpy's float64 answer.
+same numbers as the single-threaded kernel and numpy's float64 answer, that the caller
+never waits for a helper thread, and that a search ranks without holding the connection.
 """
 
 from __future__ import annotations
