@@ -15,7 +15,7 @@ from contextlib import AbstractContextManager
 from functools import cached_property
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from shareddb._core.types import Connection, EngineKind
 from shareddb._core.url import DbTarget, parse_url
@@ -54,6 +54,9 @@ class DbService:
     :param timeout: seconds to wait for a connection (PostgreSQL) or a lock (SQLite).
     """
 
+    # The async twin's service (AsyncDbService runs one): its engine awaits its I/O.
+    asynchronous: ClassVar[bool] = False
+
     def __init__(
         self,
         url: str,
@@ -74,7 +77,11 @@ class DbService:
             raise ConfigError(f"timeout={timeout!r} must be a number of seconds > 0")
         self._schema_dirs = {ns: Path(folder) for ns, folder in (schema_dirs or {}).items()}
         self._engine = engine_for(
-            target, min_size=min_size, max_size=max_size, timeout=float(timeout)
+            target,
+            min_size=min_size,
+            max_size=max_size,
+            timeout=float(timeout),
+            asynchronous=self.asynchronous,
         )
 
     @classmethod

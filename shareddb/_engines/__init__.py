@@ -10,8 +10,18 @@ if TYPE_CHECKING:
     from shareddb._core.url import DbTarget
 
 
-def engine_for(target: DbTarget, *, min_size: int, max_size: int, timeout: float) -> Engine[Any]:
-    """The engine of `target`'s database kind (no I/O)."""
+def engine_for(
+    target: DbTarget, *, min_size: int, max_size: int, timeout: float, asynchronous: bool = False
+) -> Engine[Any]:
+    """The engine of `target`'s database kind (no I/O).
+
+    `asynchronous`: for the async twin (PostgreSQL on an AsyncConnectionPool; SQLite's
+    engine is the same, served by a worker thread).
+    """
+    if target.engine == "postgres" and asynchronous:
+        from shareddb._async.green_pg import AsyncPostgresEngine
+
+        return AsyncPostgresEngine(target, min_size=min_size, max_size=max_size, timeout=timeout)
     if target.engine == "postgres":
         from shareddb._engines.postgres.engine import PostgresEngine
 
