@@ -330,4 +330,5 @@ class SessionStorage:
 
 # The async twin, defined over SessionStorage (imported last: it imports this module).
 from shareddb._async.sessions import AsyncSessionStorage  # noqa: E402
+
 AsyncSessionStorage.__module__ = __name__

@@ -543,4 +543,5 @@ def _id_list(ids: object, method: str) -> list[str]:
 
 # The async twin, defined over VectorStorage (imported last: it imports this module).
 from shareddb._async.vectors import AsyncVectorStorage  # noqa: E402
+
 AsyncVectorStorage.__module__ = __name__

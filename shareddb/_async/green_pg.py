@@ -217,8 +217,13 @@ class AsyncPostgresEngine(PostgresEngine):
         self, conn: object, error: type[InvalidArgumentError] = InvalidArgumentError
     ) -> PgConnection:
         if isinstance(conn, AsyncConnection):
-            conn = view_of(conn)
-        return super().checked(conn, error)
+            return view_of(conn)
+        if isinstance(conn, GreenConnection):
+            return conn
+        raise error(
+            f"conn={conn!r} is not an AsyncConnection of {self.target.masked}",
+            fix="pass the connection yielded by AsyncDbService.transaction(), or leave conn out",
+        )
 
 
 def _with_conninfo(target: Any, conninfo: str) -> Any:

@@ -7,6 +7,7 @@ that service, so arguments, checks, results and errors are the sync API's own.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager, AbstractContextManager, asynccontextmanager
@@ -164,7 +165,18 @@ class AsyncDbService:
         runner = self._runner
         async with runner.holding():
             block = open_block()
-            conn = await runner.call(block.__enter__, joined=True)
+            entered: list[Any] = []
+
+            def enter() -> Any:
+                entered.append(block.__enter__())
+                return entered[0]
+
+            try:
+                conn = await runner.call(enter, joined=True)
+            except asyncio.CancelledError as e:
+                if entered:  # it ran on to the end (SQLite's worker): close it again
+                    await runner.settled(block.__exit__, type(e), e, e.__traceback__)
+                raise
             try:
                 yield getattr(conn, "twin", conn)  # PostgreSQL: the AsyncConnection
             except BaseException as e:
