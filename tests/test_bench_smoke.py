@@ -187,6 +187,6 @@ def test_load_bench_measures_every_loader_and_initialize(
 
 
 def test_bench_scripts_explain_their_options() -> None:
-    for script in ("search.py", "load.py", "sqlite.py"):
+    for script in ("search.py", "load.py", "sqlite.py", "heartbeat.py"):
         result = _run(script, "--help")
         assert "[default:" in result.stdout
