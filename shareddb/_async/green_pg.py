@@ -20,7 +20,7 @@ import psycopg
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from shareddb._async.bridge import await_only, run_green
+from shareddb._async.bridge import await_only, on_loop, run_green
 from shareddb._core.types import PgConnection
 from shareddb._engines.postgres import embedded
 from shareddb._engines.postgres.connect import connect_kwargs, register_types, unavailable
@@ -77,7 +77,7 @@ class _GreenLock:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._lock.release()
+        on_loop(self._lock.release)  # asyncio's lock is the loop's: never touched elsewhere
 
 
 class GreenConnection(psycopg.Connection[Any]):

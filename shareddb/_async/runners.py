@@ -2,6 +2,8 @@
 
 * PostgreSQL, `GreenRunner`: on the loop itself, in a greenlet whose every wait on the
   database is awaited (`bridge.run_green`); connections come from an AsyncConnectionPool.
+  Bulk writes, long on CPU between waits, run on a worker thread instead, their waits
+  still awaited on the loop (`bridge.run_threaded`).
 * SQLite, `SqliteWorker`: on one worker thread per service, which owns the one
   connection, so neither SQLite's I/O nor numpy's ranking runs on the loop. An asyncio
   lock stands for the engine's thread lock: a task holding the connection across awaits
@@ -18,7 +20,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any, Protocol, TypeVar
 
-from shareddb._async.bridge import run_green
+from shareddb._async.bridge import run_green, run_threaded
 
 T = TypeVar("T")
 
@@ -37,6 +39,10 @@ class Runner(Protocol):
         """`fn(*args)` run to its end even if the caller is cancelled (closing a block)."""
         ...
 
+    async def call_cpu(self, fn: Callable[..., T], /, *args: Any, joined: bool, **kwargs: Any) -> T:
+        """`call` for work with long stretches of CPU between its waits (upsert_many)."""
+        ...
+
     def holding(self) -> Any:
         """An async context manager: the connection held by this task across awaits."""
         ...
@@ -49,6 +55,10 @@ class GreenRunner:
 
     async def call(self, fn: Callable[..., T], /, *args: Any, joined: bool, **kwargs: Any) -> T:
         return await run_green(fn, *args, **kwargs)
+
+    async def call_cpu(self, fn: Callable[..., T], /, *args: Any, joined: bool, **kwargs: Any) -> T:
+        # On a worker thread, waits awaited on the loop: the loop serves others meanwhile.
+        return await run_threaded(fn, *args, **kwargs)
 
     async def settled(self, fn: Callable[..., T], /, *args: Any) -> T:
         # A cancellation thrown into the greenlet unwinds the block's own rollback and
@@ -79,6 +89,9 @@ class SqliteWorker:
             return await self._submit(fn, *args, **kwargs)
         async with self._lock:
             return await self._submit(fn, *args, **kwargs)
+
+    async def call_cpu(self, fn: Callable[..., T], /, *args: Any, joined: bool, **kwargs: Any) -> T:
+        return await self.call(fn, *args, joined=joined, **kwargs)  # the worker already
 
     async def settled(self, fn: Callable[..., T], /, *args: Any) -> T:
         return await self._submit(fn, *args, cancellable=False)

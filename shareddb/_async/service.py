@@ -107,6 +107,12 @@ class AsyncDbService:
         """Await the sync `fn(*args, conn=conn, **kwargs)` of this service's domains."""
         return await self._runner.call(fn, *args, joined=conn is not None, conn=conn, **kwargs)
 
+    async def run_cpu(
+        self, fn: Callable[..., T], /, *args: Any, conn: Any = None, **kwargs: Any
+    ) -> T:
+        """`run` for work long on CPU between its waits: off the event loop on PostgreSQL too."""
+        return await self._runner.call_cpu(fn, *args, joined=conn is not None, conn=conn, **kwargs)
+
     async def _run(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         return await self._runner.call(fn, *args, joined=False, **kwargs)
 

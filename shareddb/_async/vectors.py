@@ -82,8 +82,12 @@ class AsyncVectorStorage:
         model: str | None = None,
         conn: Any = None,
     ) -> int:
-        """As `VectorStorage.upsert_many`: all or nothing, a cancelled call too."""
-        return await self._db.run(
+        """As `VectorStorage.upsert_many`: all or nothing, a cancelled call too.
+
+        Its batches are checked and encoded off the event loop (on PostgreSQL on a
+        worker thread whose waits are awaited on the loop).
+        """
+        return await self._db.run_cpu(
             self._sync.upsert_many,
             items,
             metadata=metadata,
