@@ -112,3 +112,66 @@ def sqlite_folder(explicit: str | None, script: str) -> Iterator[Path]:
         return
     with tempfile.TemporaryDirectory(prefix=f"shareddb-bench-{script}-") as folder:
         yield Path(folder)
+
+
+@contextlib.contextmanager
+def pgbouncer_in_front(server_url: str, pool_mode: str = "transaction") -> Iterator[str]:
+    """A PgBouncer on 127.0.0.1 in front of `server_url`'s server; the URL of its database.
+
+    Started as the owner of the server's unix-socket folder when run as root (PgBouncer
+    refuses root), with trust authentication on 127.0.0.1.
+    """
+    import pwd
+    import shutil
+    import socket
+    import subprocess
+    import time
+
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict
+
+    binary = shutil.which("pgbouncer") or shutil.which("pgbouncer", path="/usr/sbin")
+    if binary is None:
+        raise SystemExit("pgbouncer is not installed: apt-get install pgbouncer")
+    params = conninfo_to_dict(server_url)
+    host = str(params.get("host") or "localhost")
+    user = str(params.get("user") or "postgres")
+    server = f"host={host} port={params.get('port') or 5432}"
+    if params.get("password"):
+        server += f" password={params['password']}"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    folder = Path(tempfile.mkdtemp(prefix="shareddb-bench-pgbouncer-"))
+    run_as = None
+    if os.geteuid() == 0:
+        owner = os.stat(host).st_uid if host.startswith("/") else pwd.getpwnam("nobody").pw_uid
+        run_as = pwd.getpwuid(owner).pw_name
+        os.chown(folder, owner, -1)
+    (folder / "users.txt").write_text(f'"{user}" ""\n')
+    (folder / "pgbouncer.ini").write_text(
+        f"[databases]\n* = {server}\n[pgbouncer]\nlisten_addr = 127.0.0.1\n"
+        f"listen_port = {port}\nunix_socket_dir =\nauth_type = trust\n"
+        f"auth_file = {folder}/users.txt\npool_mode = {pool_mode}\n"
+        f"logfile = {folder}/pgbouncer.log\npidfile = {folder}/pgbouncer.pid\n"
+    )
+    command = [binary, *(["-u", run_as] if run_as else []), str(folder / "pgbouncer.ini")]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"postgresql://{user}@127.0.0.1:{port}/{params.get('dbname') or 'postgres'}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                psycopg.connect(url, connect_timeout=2).close()
+                break
+            except psycopg.OperationalError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    log = folder / "pgbouncer.log"
+                    said = log.read_text(errors="replace") if log.exists() else ""
+                    raise SystemExit(f"pgbouncer did not start: {said}") from None
+                time.sleep(0.1)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        shutil.rmtree(folder, ignore_errors=True)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import itertools
 import math
 import statistics
+import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,3 +97,29 @@ def time_round_robin(
 def median_of(repeat: int, work: Callable[[], float]) -> float:
     """The median of `repeat` runs of `work`, which returns the seconds it measured."""
     return statistics.median(work() for _ in range(repeat))
+
+
+def time_threads(
+    call: Callable[[Any], Any], items: Sequence[Any], threads: int, calls: int
+) -> list[float]:
+    """Seconds of every call, `threads` threads calling at once, `calls` calls each.
+
+    The threads start together (a barrier); thread t takes items t * calls onwards
+    (wrapping around), so they are not all on the same item at the same time.
+    """
+    start_line = threading.Barrier(threads)
+    clock = time.perf_counter
+
+    def caller(first: int) -> list[float]:
+        seconds: list[float] = []
+        start_line.wait()
+        for i in range(calls):
+            item = items[(first + i) % len(items)]
+            start = clock()
+            call(item)
+            seconds.append(clock() - start)
+        return seconds
+
+    with ThreadPoolExecutor(threads) as pool:
+        futures = [pool.submit(caller, t * calls) for t in range(threads)]
+        return [s for future in futures for s in future.result()]

@@ -33,6 +33,15 @@ class DatabaseUnavailableError(ShareddbError):
     """The database could not be reached, or no connection was free in time."""
 
 
+class ReadOnlyDatabaseError(ShareddbError):
+    """A write, or `initialize()` with work to do, was sent to a server that refuses writes.
+
+    Raised for a hot standby (a read replica in recovery) and for a server whose
+    ``default_transaction_read_only`` is on; the message says which, and to point
+    writes at the primary.
+    """
+
+
 class MigrationError(ShareddbError):
     """A migration could not be discovered, verified or applied.
 
@@ -65,6 +74,14 @@ class ChecksumMismatchError(MigrationError):
 
 class MigrationLockTimeout(MigrationError):
     """Another process held the migration lock for longer than allowed."""
+
+
+class MigrationThroughPoolerError(MigrationError):
+    """`initialize()` has work to do but would run it through a transaction pooler.
+
+    The migration lock is a session lock, which a transaction pooler can't hold: set
+    ``direct_url=`` (``[db] direct_url``) to a connection that reaches the server directly.
+    """
 
 
 class ExtensionMissingError(ShareddbError):

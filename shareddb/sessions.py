@@ -205,8 +205,10 @@ class SessionStorage:
     def get(self, name: str, *, conn: Connection | None = None) -> SessionRecord | None:
         """The session called `name`, or None when there is none."""
         _check_text("session name", name, indexed=True)
-        with self._engine.joined(conn, read=True, error=InvalidSessionError) as c:
-            row = c.execute(self._dialect.sql(_GET), (name,)).fetchone()
+        statement = self._dialect.sql(_GET)
+        row = self._engine.read(
+            lambda c: c.execute(statement, (name,)).fetchone(), conn, error=InvalidSessionError
+        )
         return None if row is None else self._record(row)
 
     def list(
@@ -243,8 +245,10 @@ class SessionStorage:
                 )
             query += " LIMIT %s"
             params.append(limit)
-        with self._engine.joined(conn, read=True, error=InvalidSessionError) as c:
-            rows = c.execute(self._dialect.sql(query), params).fetchall()
+        statement = self._dialect.sql(query)
+        rows = self._engine.read(
+            lambda c: c.execute(statement, params).fetchall(), conn, error=InvalidSessionError
+        )
         return [self._record(row) for row in rows]
 
     def get_by_task(self, task_id: str, *, conn: Connection | None = None) -> SessionRecord | None:

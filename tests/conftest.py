@@ -16,6 +16,7 @@ import psycopg
 import pytest
 from helpers import PG_URL_ENV, PLAIN_PG_URL, fresh_database, settle
 from psycopg_pool import ConnectionPool
+from standby import Standby
 
 from shareddb import DbService
 
@@ -109,3 +110,25 @@ def one_connection(pg_url: str) -> Iterator[DbService]:
     with DbService(pg_url, min_size=1, max_size=1) as service:
         service.initialize()
         yield service
+
+
+@pytest.fixture(scope="session")
+def standby_server(pg_server_url: str) -> Iterator[Standby]:
+    """A streaming hot standby of the session's embedded PostgreSQL (see tests/standby.py)."""
+    if os.environ.get(PG_URL_ENV):
+        message = f"a standby is built from the embedded server, not from {PG_URL_ENV}"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    standby = Standby.create(
+        pg_server_url, Path(tempfile.mkdtemp(prefix="shareddb-standby-")) / "pg"
+    )
+    yield standby
+    standby.remove()
+
+
+@pytest.fixture
+def replicated(pg_url: str, standby_server: Standby) -> tuple[str, str]:
+    """A fresh database on the primary and its url on the standby (replayed there)."""
+    standby_server.wait_for(pg_url)
+    return pg_url, standby_server.replica_of(pg_url)

@@ -19,6 +19,8 @@ from typing import Any
 import pytest
 from helpers import PROJECT_ROOT
 
+import shareddb
+
 BENCH = PROJECT_ROOT / "bench"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -145,6 +147,24 @@ def test_sqlite_bench_finds_the_exact_neighbours_with_every_client(tmp_path: Pat
         assert all(r["recall"] == 1.0 for r in at.values())
 
 
+def test_contention_bench_times_every_client_under_load_and_finds_the_exact_neighbours(
+    tmp_path: Path,
+) -> None:
+    result = _run(
+        "contention.py",
+        *("--n", "2000", "--threads", "2", "--busy", "1", "--calls", "2", "--rounds", "2"),
+        *("--idle-queries", "4", "--out", str(tmp_path)),
+    )
+
+    assert "| client | p50 ms |" in result.stdout
+    data = _report(tmp_path / "contention.json")
+    at = {r["client"]: r for r in data["records"]}
+    assert set(at) == {"shareddb", "numpy 1 thread", "numpy"}
+    assert all(r["calls"] == 2 * 2 * 2 for r in at.values())  # rounds x threads x calls
+    assert at["shareddb"]["recall"] == 1.0
+    assert data["machine"]["blas_limits_unchanged_by_shareddb"] is True
+
+
 @pytest.mark.postgres
 def test_load_bench_measures_every_loader_and_initialize(
     pg_server_url: str, tmp_path: Path
@@ -186,7 +206,68 @@ def test_load_bench_measures_every_loader_and_initialize(
     assert init["round_trips"] == 1 and init["ddl_statements"] == []
 
 
+@pytest.mark.postgres
+def test_throughput_bench_runs_every_client_at_each_concurrency(
+    pg_server_url: str, tmp_path: Path
+) -> None:
+    result = _run(
+        "throughput.py",
+        "--dsn",
+        pg_server_url,
+        "--n",
+        "600",
+        "--concurrency",
+        "1,3",
+        "--rounds",
+        "1",
+        "--warmup",
+        "0.2",
+        "--seconds",
+        "0.3",
+        "--queries",
+        "20",
+        "--out",
+        str(tmp_path),
+    )
+
+    assert "| callers | pool / pgbench -c | client | QPS |" in result.stdout
+    data = _report(tmp_path / "throughput.json")
+    # The hand-written client sends shareddb's own statement and gets its answers.
+    assert data["machine"]["same_sql"] is True
+    assert data["machine"]["same_answers"] is True
+    expected = {"shareddb threads", "psycopg threads", "psycopg async"}
+    optional = {
+        "shareddb async": hasattr(shareddb, "AsyncDbService"),
+        "langchain-postgres async": _installed("langchain_postgres"),
+        "pgbench": "pgbench" in data["machine"],
+    }
+    for client, runs in optional.items():
+        if runs:
+            expected.add(client)
+        else:
+            assert client in data["skipped"]
+    runs = data["records"]
+    assert {(r["client"], r["callers"]) for r in runs} == {
+        (client, n) for client in expected for n in (1, 3)
+    }
+    for run in runs:
+        assert run["calls"] > 0 and run["qps"] > 0, run
+        assert 0 < run["p50_ms"] <= run["p99_ms"], run
+        assert run["pool"] == min(run["callers"], 32)
+    ratios = next(t for t in data["tables"] if t["title"].startswith("shareddb ÷ hand-written"))
+    assert [row[0] for row in ratios["rows"]] == [1, 3]
+    assert all(row[1] > 0 for row in ratios["rows"])  # threads: shareddb ÷ psycopg QPS
+    _assert_png(tmp_path / "throughput.png")
+
+
 def test_bench_scripts_explain_their_options() -> None:
-    for script in ("search.py", "load.py", "sqlite.py", "heartbeat.py"):
+    for script in (
+        "search.py",
+        "load.py",
+        "sqlite.py",
+        "contention.py",
+        "throughput.py",
+        "heartbeat.py",
+    ):
         result = _run(script, "--help")
         assert "[default:" in result.stdout

@@ -221,6 +221,18 @@ def test_stale_finds_missing_changed_and_other_model_ids_in_order(
     assert vectors.stale({}) == []
 
 
+def test_stale_takes_any_id_and_hash_text_as_it_is(vectors: VectorStorage) -> None:
+    # stale() sends ids and hashes as JSON text on PostgreSQL: quotes, backslashes, escapes
+    # and non-ASCII must come back byte for byte, matched against what upsert stored.
+    odd = ['md#"q"', "md#back\\slash", "md#\\u0041", "md#ünï 🐍", "md#a'); DROP TABLE x;--"]
+    hashes = ['h"1', "h\\2", "\\u0042", "hé 🐍", "h,5"]
+    vectors.upsert_many((odd[:4], np.ones((4, 2))), content_hashes=hashes[:4])
+    asked = dict(zip(odd, hashes, strict=True))
+    assert vectors.stale(asked) == [odd[4]]
+    asked[odd[1]] = "h\\\\2"
+    assert vectors.stale(asked) == [odd[1], odd[4]]
+
+
 # -- searching -----------------------------------------------------------------------------
 
 

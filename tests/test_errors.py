@@ -18,6 +18,8 @@ from shareddb import (
     InvalidSessionError,
     MigrationError,
     MigrationLockTimeout,
+    MigrationThroughPoolerError,
+    ReadOnlyDatabaseError,
     SessionExistsError,
     SessionNotFoundError,
     ShareddbError,
@@ -50,7 +52,9 @@ FAMILY: dict[type[BaseException], set[type[BaseException]]] = {
     MigrationError: {ShareddbError, MigrationError},
     ChecksumMismatchError: {ShareddbError, MigrationError},
     MigrationLockTimeout: {ShareddbError, MigrationError},
+    MigrationThroughPoolerError: {ShareddbError, MigrationError},
     ExtensionMissingError: {ShareddbError},
+    ReadOnlyDatabaseError: {ShareddbError},
 }
 
 

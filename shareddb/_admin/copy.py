@@ -156,6 +156,8 @@ def copy_rows(
     overwrite: bool = False,
     dry_run: bool = False,
     progress: TextIO | None = None,
+    source_options: Mapping[str, Any] | None = None,
+    dest_options: Mapping[str, Any] | None = None,
 ) -> CopyReport:
     """Copy from `source_url` to `dest_url`; idempotent, in batches of `batch_size`.
 
@@ -174,6 +176,8 @@ def copy_rows(
     `schema_dirs` lacks (their tables are not copied);
     MigrationError when the destination's applied migrations were altered (as
     `initialize()` would). With `progress` (a text stream), reports rows done per table.
+    `source_options` and `dest_options` are further `DbService` arguments for each side
+    (``pooler``, ``direct_url``).
     """
     dirs = dict(schema_dirs or {})
     if tables is not None and not dirs and not app_tables:
@@ -189,7 +193,9 @@ def copy_rows(
     dest_target = parse_url(dest_url)
     exists = not not_created(dest_target)
     with ExitStack() as stack:
-        source = _Side(stack.enter_context(DbService(source_url, timeout=timeout)))
+        source = _Side(
+            stack.enter_context(DbService(source_url, timeout=timeout, **(source_options or {})))
+        )
         found, skipped = copy_tables.find_tables(source.engine, dirs, app_tables)
         unlisted = copy_tables.unlisted_namespaces(source.engine, dirs)
         builtin, app = _choose(tables, found)
@@ -199,7 +205,9 @@ def copy_rows(
             files = discover_all(migration_folders(dest_target.engine, dirs))
             migrations = [f.label for f in files]
         else:
-            dst = stack.enter_context(DbService(dest_url, schema_dirs=dirs, timeout=timeout))
+            dst = stack.enter_context(
+                DbService(dest_url, schema_dirs=dirs, timeout=timeout, **(dest_options or {}))
+            )
             dest = _Side(dst)
             migrations = _pending(dst, dirs) if dry_run else _initialize(dst)
         checked = copy_tables.check_tables(

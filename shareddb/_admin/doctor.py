@@ -16,9 +16,11 @@ from typing import Any, Literal
 
 import psycopg
 
+from shareddb._admin.doctor_pooler import pooler_findings
 from shareddb._admin.libpq_hints import explain_libpq
 from shareddb._core.config import DbConfig, load_config
 from shareddb._core.service import DbService
+from shareddb._core.types import Pooler
 from shareddb._core.url import DbTarget, parse_url
 from shareddb._engines.postgres import embedded as _embedded
 from shareddb._engines.postgres.connect import connect_kwargs
@@ -32,6 +34,7 @@ from shareddb._engines.postgres.pgvector import (
     install_advice,
     version_tuple,
 )
+from shareddb._engines.postgres.standby import describe_lag, standby_state
 from shareddb._migrations.files import discover, migration_folders
 from shareddb._vectors.validation import MAX_HALFVEC_INDEX_DIMENSION
 from shareddb.errors import ConfigError, DatabaseUnavailableError, ShareddbError
@@ -94,6 +97,11 @@ class Doctor:
         self.schema_dirs: dict[str, str | os.PathLike[str]] = dict(schema_dirs or {})
         self.timeout = timeout
         self.checks: list[Check] = []
+        # The configuration's [db] pooler and direct_url (the latter with its own url only).
+        self.pooler: Pooler | None = None
+        self.direct_url: str | None = None
+        self.standby = False  # the server is a hot standby (see check_role)
+        self.replication: dict[str, Any] = {}  # [db] replicas and friends
 
     def add(self, name: str, state: CheckState, detail: str, fix: str | None = None) -> None:
         self.checks.append(Check(name, state, detail, fix))
@@ -113,6 +121,9 @@ class Doctor:
             return
         try:
             if target.engine == "postgres":
+                for state, detail, fix in pooler_findings(db, self.timeout):
+                    self.add("pooler", state, detail, fix)
+                self.check_role(db)
                 self.check_pgvector(db)
             self.check_migrations(db)
             if target.engine == "postgres":
@@ -136,6 +147,10 @@ class Doctor:
             )
             return None
         self.schema_dirs = {**config.schema_dirs, **self.schema_dirs}
+        self.pooler = config.pooler
+        if self.url is None:  # the file's direct_url and replicas belong to the file's url
+            self.direct_url = config.direct_url
+            self.replication = dict(config.replication)
         self.add("config", "ok", self._describe_config(config))
         return config.url if self.url is None else self.url
 
@@ -267,8 +282,15 @@ class Doctor:
                     "fix the host name in the url",
                 )
                 return None
-        db = DbService(url, schema_dirs=self.schema_dirs, timeout=self.timeout)
         try:
+            db = DbService(
+                url,
+                schema_dirs=self.schema_dirs,
+                timeout=self.timeout,
+                pooler=self.pooler,
+                direct_url=self.direct_url,
+                **self.replication,
+            )
             db.open()
         except ConfigError as e:  # e.g. the embedded extra is missing
             self.add("database", "fail", str(e), e.fix)
@@ -279,6 +301,43 @@ class Doctor:
         where = "embedded PostgreSQL" if target.embedded_dir is not None else target.engine
         self.add("database", "ok", f"{db.url} is reachable ({where})")
         return db
+
+    def check_role(self, db: DbService) -> None:
+        """Primary or standby; a standby takes no writes, so `shareddb init` is not for it."""
+        with db.engine.reading() as conn:
+            state = standby_state(conn)
+        self.standby = state.in_recovery
+        if state.in_recovery:
+            self.add(
+                "server role",
+                "ok",
+                f"{state.describe()}: reads only; writes and `shareddb init` go to the primary",
+            )
+        else:
+            self.add("server role", "ok", state.describe())
+        for health in db.engine.replica_health():
+            lag = (
+                ""
+                if health.lag_seconds is None
+                else f", replay lag {describe_lag(health.lag_seconds)}"
+            )
+            reason = f" ({health.reason})" if health.reason else ""
+            self.add(
+                "replica",
+                "ok" if health.state == "healthy" else "warn",
+                f"{health.name}: {health.state}{lag}{reason}",
+                None
+                if health.state == "healthy"
+                else "check that the standby runs and streams "
+                "from the primary; reads go to the primary meanwhile",
+            )
+
+    def _init_advice(self) -> str:
+        return (
+            "run `shareddb init` against the primary (this server is a standby)"
+            if self.standby
+            else "run: shareddb init"
+        )
 
     def check_pgvector(self, db: DbService) -> None:
         with db.engine.reading() as conn:
@@ -305,7 +364,11 @@ class Doctor:
                         create_advice(conn.info.dbname),
                     )
                     return
-                version, state = str(default_version), "available; `shareddb init` creates it"
+                where = " on the primary" if self.standby else ""
+                version, state = (
+                    str(default_version),
+                    f"available; `shareddb init`{where} creates it",
+                )
             else:
                 version, state = str(installed), "installed"
         if version_tuple(version) < MIN_PGVECTOR:
@@ -346,7 +409,7 @@ class Doctor:
             self.add("migrations", "fail", f"altered migrations: {names}", fix)
         elif pending:
             names = ", ".join(f"{m.namespace}/{m.name}" for m in pending)
-            self.add("migrations", "fail", f"{len(pending)} pending: {names}", "run: shareddb init")
+            self.add("migrations", "fail", f"{len(pending)} pending: {names}", self._init_advice())
         else:
             self.add("migrations", "ok", f"all {len(migrations)} applied, checksums match")
 

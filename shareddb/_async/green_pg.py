@@ -21,7 +21,7 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from shareddb._async.bridge import await_only, on_loop, run_green
-from shareddb._core.types import PgConnection
+from shareddb._core.types import PgConnection, Pooler
 from shareddb._engines.postgres import embedded
 from shareddb._engines.postgres.connect import connect_kwargs, register_types, unavailable
 from shareddb._engines.postgres.engine import _RECONNECT_TIMEOUT, PostgresEngine
@@ -147,11 +147,13 @@ def _twin(conn: PgConnection) -> AsyncConnection[Any]:
     return conn.twin
 
 
-async def connect_async(target: Any, timeout: float, *, autocommit: bool) -> AsyncConnection[Any]:
+async def connect_async(
+    target: Any, timeout: float, *, autocommit: bool, pooler: Pooler | None = None
+) -> AsyncConnection[Any]:
     """An AsyncConnection outside the pool; the failure as DatabaseUnavailableError."""
     try:
         return await AsyncConnection.connect(
-            target.conninfo, autocommit=autocommit, **connect_kwargs(target, timeout)
+            target.conninfo, autocommit=autocommit, **connect_kwargs(target, timeout, pooler)
         )
     except psycopg.OperationalError as e:
         raise unavailable(target, e) from None
@@ -159,9 +161,11 @@ async def connect_async(target: Any, timeout: float, *, autocommit: bool) -> Asy
         raise unavailable(target, f"the host name is not valid: {e}") from None
 
 
-def green_connect(target: Any, timeout: float, *, autocommit: bool = False) -> GreenConnection:
+def green_connect(
+    target: Any, timeout: float, *, autocommit: bool = False, pooler: Pooler | None = None
+) -> GreenConnection:
     """`connect()` for sync code run by the async twin: an AsyncConnection's view."""
-    return view_of(await_only(connect_async(target, timeout, autocommit=autocommit)))
+    return view_of(await_only(connect_async(target, timeout, autocommit=autocommit, pooler=pooler)))
 
 
 class AsyncPostgresEngine(PostgresEngine):
@@ -193,14 +197,16 @@ class AsyncPostgresEngine(PostgresEngine):
             min_size=self.min_size,
             max_size=self.max_size,
             timeout=self.timeout,
-            kwargs=connect_kwargs(self.target, self.timeout),
+            kwargs=connect_kwargs(self.target, self.timeout, self.pooler),
             configure=configure,
             reconnect_timeout=min(self.timeout, _RECONNECT_TIMEOUT),
             name="shareddb-async",
             open=False,
         )
         # Fail here with libpq's reason rather than later with a bare pool timeout.
-        first = await_only(connect_async(self.target, self.timeout, autocommit=True))
+        first = await_only(
+            connect_async(self.target, self.timeout, autocommit=True, pooler=self.pooler)
+        )
         await_only(first.close())
         try:
             await_only(pool.open(wait=True, timeout=self.timeout))

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AbstractContextManager, asynccontextmanager
 from itertools import islice
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar, Final, Generic, Self, TypeVar
 
 from shareddb._async.runners import GreenRunner, Runner, SqliteWorker
+from shareddb._core.replica_options import DEFAULT_MAX_REPLICA_LAG
 from shareddb._core.service import DbService
-from shareddb._core.types import EngineKind
+from shareddb._core.types import EngineKind, Pooler
 from shareddb._migrations.ledger import MigrationInfo, MigrationReport, OnApplied
 from shareddb._sql.statements import DEFAULT_BATCH_SIZE
 
@@ -58,19 +59,39 @@ class AsyncDbService:
         min_size: int = 1,
         max_size: int = 10,
         timeout: float = 30.0,
+        pooler: Pooler | None = None,
+        direct_url: str | None = None,
+        replicas: Sequence[str] = (),
+        max_replica_lag: float = DEFAULT_MAX_REPLICA_LAG,
+        read_your_writes: bool = True,
     ) -> None:
-        self._db = _TwinService(
-            url, schema_dirs=schema_dirs, min_size=min_size, max_size=max_size, timeout=timeout
+        self._attach(
+            _TwinService(
+                url,
+                schema_dirs=schema_dirs,
+                min_size=min_size,
+                max_size=max_size,
+                timeout=timeout,
+                pooler=pooler,
+                direct_url=direct_url,
+                replicas=replicas,
+                max_replica_lag=max_replica_lag,
+                read_your_writes=read_your_writes,
+            )
         )
+
+    def _attach(self, db: DbService) -> None:
+        self._db = db
         self._runner: Runner = (
-            GreenRunner() if self._db.get_backend_type() == "postgres" else SqliteWorker("sqlite")
+            GreenRunner() if db.get_backend_type() == "postgres" else SqliteWorker("sqlite")
         )
 
     @classmethod
     def from_config(cls, config: DbConfig, **kwargs: Any) -> Self:
-        """As `DbService.from_config`: `config.url` with the configuration's namespaces."""
-        extra: Mapping[str, str | os.PathLike[str]] = kwargs.pop("schema_dirs", None) or {}
-        return cls(config.url, schema_dirs={**config.schema_dirs, **extra}, **kwargs)
+        """As `DbService.from_config`: `config.url` with the configuration's options."""
+        service = cls.__new__(cls)
+        service._attach(_TwinService.from_config(config, **kwargs))
+        return service
 
     def __repr__(self) -> str:
         state = "open" if self._db.engine.is_open else "closed"
@@ -80,6 +101,14 @@ class AsyncDbService:
     def url(self) -> str:
         """The target URL with the password masked (safe to log)."""
         return self._db.url
+
+    @property
+    def pooler(self) -> Pooler | None:
+        return self._db.pooler
+
+    @property
+    def direct_url(self) -> str | None:
+        return self._db.direct_url
 
     @property
     def timeout(self) -> float:
@@ -206,20 +235,35 @@ class AsyncDbService:
         return await self.run(self._db.executemany, sql, seq_of_params, conn=conn)
 
     async def query(
-        self, sql: str, params: Mapping[str, Any] | None = None, *, conn: Any = None
+        self,
+        sql: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        conn: Any = None,
+        read_only: bool = False,
     ) -> list[dict[str, Any]]:
         """As `DbService.query`: every row as a dict."""
-        return await self.run(self._db.query, sql, params, conn=conn)
+        return await self.run(self._db.query, sql, params, conn=conn, read_only=read_only)
 
     async def query_one(
-        self, sql: str, params: Mapping[str, Any] | None = None, *, conn: Any = None
+        self,
+        sql: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        conn: Any = None,
+        read_only: bool = False,
     ) -> dict[str, Any] | None:
-        return await self.run(self._db.query_one, sql, params, conn=conn)
+        return await self.run(self._db.query_one, sql, params, conn=conn, read_only=read_only)
 
     async def query_value(
-        self, sql: str, params: Mapping[str, Any] | None = None, *, conn: Any = None
+        self,
+        sql: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        conn: Any = None,
+        read_only: bool = False,
     ) -> Any:
-        return await self.run(self._db.query_value, sql, params, conn=conn)
+        return await self.run(self._db.query_value, sql, params, conn=conn, read_only=read_only)
 
     def iter_query(
         self,

@@ -8,6 +8,7 @@ whichever URL wins: they describe the application, not the database it talks to.
 
 from __future__ import annotations
 
+import logging
 import os
 import tomllib
 from collections.abc import Mapping
@@ -19,10 +20,15 @@ from urllib.parse import quote
 
 import platformdirs
 
+from shareddb._core.replica_options import DEFAULT_MAX_REPLICA_LAG, replica_options
+from shareddb._core.types import Pooler
 from shareddb._core.url import expand_user, mask_url, parse_url
 from shareddb._engines.postgres.embedded import embedded_url
+from shareddb._engines.postgres.pooler import pooler_value
 from shareddb._migrations.files import namespace_problem
 from shareddb.errors import ConfigError
+
+logger = logging.getLogger("shareddb")
 
 ENV_URL = "SHAREDDB_URL"
 ENV_CONFIG = "SHAREDDB_CONFIG"
@@ -30,7 +36,15 @@ ENV_CONFIG = "SHAREDDB_CONFIG"
 ConfigSource = Literal["default", "sessiondb", "db", "env"]
 
 _TOP_KEYS = {"db", "sessiondb"}
-_DB_KEYS = {"url", "schema_dirs"}
+_DB_KEYS = {
+    "url",
+    "schema_dirs",
+    "pooler",
+    "direct_url",
+    "replicas",
+    "max_replica_lag",
+    "read_your_writes",
+}
 _SESSIONDB_KEYS = {"backend", "sqlite", "postgres"}
 _SQLITE_KEYS = {"path"}
 _POSTGRES_KEYS = {"connection_string", "embedded", "data_dir"}
@@ -45,6 +59,8 @@ class DbConfig:
     configuration file that was consulted and `path_exists` whether it was there.
     `schema_dirs` maps the application's migration namespaces to their folders
     (``[db.schema_dirs]``, read-only; folders from a file are absolute).
+    `pooler` and `direct_url` are ``[db] pooler`` and ``[db] direct_url`` (see
+    `DbService`); the file's direct_url goes with the file's url only.
     """
 
     url: str
@@ -52,18 +68,25 @@ class DbConfig:
     path: Path | None = None
     path_exists: bool = False
     schema_dirs: Mapping[str, Path] = field(default_factory=dict, hash=False)
+    pooler: Pooler | None = None
+    direct_url: str | None = None
+    # [db] replicas, max_replica_lag, read_your_writes: DbService keyword arguments.
+    replication: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
         # A read-only copy with Path values, so that a config built by hand with str
         # folders compares and behaves like one read from a file.
         dirs = {str(ns): Path(folder) for ns, folder in self.schema_dirs.items()}
         object.__setattr__(self, "schema_dirs", MappingProxyType(dirs))
+        object.__setattr__(self, "replication", MappingProxyType(dict(self.replication)))
 
     def __repr__(self) -> str:
         return (
             f"DbConfig(url={mask_url(self.url)!r}, source={self.source!r}, "
             f"path={self.path!r}, path_exists={self.path_exists!r}, "
-            f"schema_dirs={dict(self.schema_dirs)!r})"
+            f"schema_dirs={dict(self.schema_dirs)!r}, pooler={self.pooler!r}, "
+            f"direct_url={None if self.direct_url is None else mask_url(self.direct_url)!r}"
+            + (f", replication={_masked(self.replication)!r})" if self.replication else ")")
         )
 
     def describe_source(self) -> str:
@@ -116,9 +139,68 @@ def load_config(path: str | os.PathLike[str] | None = None) -> DbConfig:
     # reported rather than hidden, and its namespaces apply to any url.
     url, source = _url_from_file(data, file)
     dirs = _schema_dirs_from_file(data, file)
+    pooler, direct_url = _pooler_from_file(data, file)
+    replication = _replication_from_file(data, file)
     if env_url:
-        url, source = env_url, "env"
-    return DbConfig(url=url, source=source, path=file, path_exists=True, schema_dirs=dirs)
+        # Replicas belong to the file's primary: SHAREDDB_URL names another database.
+        url, source, replication = env_url, "env", {}
+        if direct_url is not None:
+            # It names the server behind the file's url: migrating it for another url
+            # would change the wrong database.
+            logger.warning(
+                "ignoring db.direct_url in %s: %s overrides the url it goes with",
+                file,
+                ENV_URL,
+            )
+            direct_url = None
+    return DbConfig(
+        url=url,
+        source=source,
+        path=file,
+        path_exists=True,
+        schema_dirs=dirs,
+        pooler=pooler,
+        direct_url=direct_url,
+        replication=replication,
+    )
+
+
+def _replication_from_file(data: dict[str, Any], file: Path) -> dict[str, Any]:
+    """``[db] replicas``, ``max_replica_lag`` and ``read_your_writes``, as given."""
+    db = _table(data, "db", file)
+    given: dict[str, Any] = {
+        key: db[key] for key in ("replicas", "max_replica_lag", "read_your_writes") if key in db
+    }
+    if not given:
+        return {}
+    if "url" not in db:
+        raise ConfigError(
+            f"key db.{next(iter(given))} in {file} needs db.url: the primary the replicas "
+            "replicate",
+            fix='add url = "postgresql://..." to [db]',
+        )
+    replicas = given.get("replicas", [])
+    if not isinstance(replicas, list) or not all(isinstance(r, str) for r in replicas):
+        raise ConfigError(
+            f"key db.replicas in {file} must be a list of url strings",
+            fix='write replicas = ["postgresql://user:pass@replica:5432/db"]',
+        )
+    lag = given.get("max_replica_lag", DEFAULT_MAX_REPLICA_LAG)
+    ryw = given.get("read_your_writes", True)
+    try:
+        replica_options(parse_url(db["url"]), replicas, lag, ryw)
+    except ConfigError as e:
+        raise ConfigError(f"[db] in {file}: {e}") from None
+    if "replicas" in given:
+        given["replicas"] = tuple(replicas)
+    return given
+
+
+def _masked(replication: Mapping[str, Any]) -> dict[str, Any]:
+    shown = dict(replication)
+    if "replicas" in shown:
+        shown["replicas"] = [mask_url(url) for url in shown["replicas"]]
+    return shown
 
 
 def _read_toml(file: Path, *, required: bool) -> dict[str, Any] | None:
@@ -200,6 +282,27 @@ def _url_from_file(data: dict[str, Any], file: Path) -> tuple[str, ConfigSource]
         _validate_url(url, f"key sessiondb.postgres.connection_string in {file}")
         return url, "sessiondb"
     raise ConfigError(f"key sessiondb.backend in {file} is {backend!r}; use 'sqlite' or 'postgres'")
+
+
+def _pooler_from_file(data: dict[str, Any], file: Path) -> tuple[Pooler | None, str | None]:
+    """``[db] pooler`` and ``[db] direct_url``, checked; direct_url needs ``[db] url``."""
+    db = _table(data, "db", file)
+    pooler = pooler_value(db.get("pooler"), f"key db.pooler in {file}")
+    if "direct_url" not in db:
+        return pooler, None
+    direct_url = _string(db, "direct_url", file, "db.")
+    _validate_url(direct_url, f"key db.direct_url in {file}")
+    if not direct_url.startswith(("postgresql://", "postgres://")):
+        raise ConfigError(
+            f"key db.direct_url in {file} is {mask_url(direct_url)!r}, not a postgresql:// url",
+            fix="set it to the PostgreSQL server behind the pooler that url reaches",
+        )
+    if "url" not in db:
+        raise ConfigError(
+            f"key db.direct_url in {file} is set without db.url",
+            fix="set db.url to the pooler's url, or remove direct_url",
+        )
+    return pooler, direct_url
 
 
 def _schema_dirs_from_file(data: dict[str, Any], file: Path) -> dict[str, Path]:

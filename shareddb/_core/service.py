@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from functools import cached_property
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
-from shareddb._core.types import Connection, EngineKind
+from shareddb._core.replica_options import DEFAULT_MAX_REPLICA_LAG, replica_options
+from shareddb._core.types import Connection, EngineKind, Pooler
 from shareddb._core.url import DbTarget, parse_url
 from shareddb._engines import Engine, engine_for
+from shareddb._engines.postgres.pooler import pooler_value
 from shareddb._migrations.files import MigrationFile, discover_all, migration_folders
 from shareddb._migrations.ledger import MigrationInfo, MigrationReport, OnApplied, status, verify
 from shareddb._migrations.runner import apply_pending
@@ -52,6 +54,19 @@ class DbService:
     :param min_size: connections the PostgreSQL pool keeps open.
     :param max_size: most connections the PostgreSQL pool opens.
     :param timeout: seconds to wait for a connection (PostgreSQL) or a lock (SQLite).
+    :param pooler: what `url` reaches on PostgreSQL: None (the server), ``"session"``
+        or ``"transaction"`` (PgBouncer or a managed pooler in that pool mode). Under
+        ``"transaction"`` no statement is prepared on the server and no session state
+        is relied on; migrations need `direct_url`.
+    :param direct_url: a URL that reaches the PostgreSQL server itself, not a pooler:
+        `initialize()` applies migrations over it (their lock is a session lock).
+    :param replicas: PostgreSQL read replicas (streaming standbys of `url`, as libpq
+        URIs): the reads that may run on one go to a healthy replica, everything else
+        to `url` (see "Read replicas" in the README).
+    :param max_replica_lag: seconds of replay lag past which a replica serves no reads.
+    :param read_your_writes: reads go only to replicas that have replayed this
+        service's last write (else to the primary); False accepts up to
+        `max_replica_lag` of staleness for fewer reads on the primary.
     """
 
     # The async twin's service (AsyncDbService runs one): its engine awaits its I/O.
@@ -65,8 +80,15 @@ class DbService:
         min_size: int = 1,
         max_size: int = 10,
         timeout: float = 30.0,
+        pooler: Pooler | None = None,
+        direct_url: str | None = None,
+        replicas: Sequence[str] = (),
+        max_replica_lag: float = DEFAULT_MAX_REPLICA_LAG,
+        read_your_writes: bool = True,
     ) -> None:
         target: DbTarget = parse_url(url)
+        pooler = pooler_value(pooler, "pooler")
+        direct = _direct_target(target, pooler, direct_url)
         if not (isinstance(min_size, int) and isinstance(max_size, int) and min_size >= 0):
             raise ConfigError(f"min_size={min_size!r} must be a whole number >= 0")
         if max_size < max(min_size, 1):
@@ -76,12 +98,16 @@ class DbService:
         if not isinstance(timeout, int | float) or not timeout > 0:
             raise ConfigError(f"timeout={timeout!r} must be a number of seconds > 0")
         self._schema_dirs = {ns: Path(folder) for ns, folder in (schema_dirs or {}).items()}
+        replication = replica_options(target, replicas, max_replica_lag, read_your_writes)
         self._engine = engine_for(
             target,
             min_size=min_size,
             max_size=max_size,
             timeout=float(timeout),
+            pooler=pooler,
+            direct=direct,
             asynchronous=self.asynchronous,
+            **replication,
         )
 
     @classmethod
@@ -90,19 +116,42 @@ class DbService:
 
         Keyword arguments are as for the constructor. A ``schema_dirs=`` argument is
         merged with ``config.schema_dirs`` (``[db.schema_dirs]``): its namespaces are
-        added, and where both name one, the argument's folder wins.
+        added, and where both name one, the argument's folder wins. ``pooler``,
+        ``direct_url`` and the replicas of ``[db]`` (``replicas``, ``max_replica_lag``,
+        ``read_your_writes``) come from the configuration unless given as arguments.
         """
         extra: Mapping[str, str | os.PathLike[str]] = kwargs.pop("schema_dirs", None) or {}
+        kwargs.setdefault("pooler", config.pooler)
+        kwargs.setdefault("direct_url", config.direct_url)
+        kwargs = {**config.replication, **kwargs}  # arguments win
         return cls(config.url, schema_dirs={**config.schema_dirs, **extra}, **kwargs)
 
     def __repr__(self) -> str:
         state = "open" if self._engine.is_open else "closed"
-        return f"<DbService {self.get_backend_type()} {self._engine.target.masked!r} {state}>"
+        extra = ""
+        if self.pooler is not None:
+            extra += f" pooler={self.pooler!r}"
+        if self.direct_url is not None:
+            extra += f" direct_url={self.direct_url!r}"
+        return (
+            f"<DbService {self.get_backend_type()} {self._engine.target.masked!r}{extra} {state}>"
+        )
 
     @property
     def url(self) -> str:
         """The target URL with the password masked (safe to log)."""
         return self._engine.target.masked
+
+    @property
+    def pooler(self) -> Pooler | None:
+        """The configured pooler mode (``pooler=``): None, ``"session"`` or ``"transaction"``."""
+        return getattr(self._engine, "pooler", None)
+
+    @property
+    def direct_url(self) -> str | None:
+        """The URL migrations use (``direct_url=``), password masked; None when not set."""
+        direct: DbTarget | None = getattr(self._engine, "direct", None)
+        return direct.masked if direct is not None else None
 
     @property
     def timeout(self) -> float:
@@ -227,26 +276,44 @@ class DbService:
         return self._statements.executemany(sql, seq_of_params, conn)
 
     def query(
-        self, sql: str, params: Mapping[str, Any] | None = None, *, conn: Connection | None = None
+        self,
+        sql: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        conn: Connection | None = None,
+        read_only: bool = False,
     ) -> list[dict[str, Any]]:
         """Every row of a statement as a dict keyed by column name.
 
         Values come back typed on both engines (on SQLite from the declared type of
         each column). For results too large for memory use `iter_query()`.
+        ``read_only=True`` says the statement only reads (a SELECT or VALUES without
+        side effects; anything else raises InvalidArgumentError before it runs): with
+        `replicas`, it may then run on one (see "Read replicas" in the README).
         """
-        return self._statements.query(sql, params, conn)
+        return self._statements.query(sql, params, conn, read_only)
 
     def query_one(
-        self, sql: str, params: Mapping[str, Any] | None = None, *, conn: Connection | None = None
+        self,
+        sql: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        conn: Connection | None = None,
+        read_only: bool = False,
     ) -> dict[str, Any] | None:
         """The first row of a statement as a dict, or None when there is none."""
-        return self._statements.query_one(sql, params, conn)
+        return self._statements.query_one(sql, params, conn, read_only)
 
     def query_value(
-        self, sql: str, params: Mapping[str, Any] | None = None, *, conn: Connection | None = None
+        self,
+        sql: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        conn: Connection | None = None,
+        read_only: bool = False,
     ) -> Any:
         """The first column of the first row (``SELECT count(*) ...``), or None without a row."""
-        return self._statements.query_value(sql, params, conn)
+        return self._statements.query_value(sql, params, conn, read_only)
 
     def iter_query(
         self,
@@ -302,3 +369,29 @@ class DbService:
         self._engine.ensure_open()
         files = self._migration_files()
         return status(files, self._engine.read_ledger() or [])
+
+
+def _direct_target(
+    target: DbTarget, pooler: Pooler | None, direct_url: str | None
+) -> DbTarget | None:
+    """`direct_url` parsed, or None; ConfigError for options that only PostgreSQL takes."""
+    if target.engine != "postgres":
+        if pooler is not None or direct_url is not None:
+            what = "pooler" if pooler is not None else "direct_url"
+            raise ConfigError(
+                f"{what}= applies to PostgreSQL only, not to {target.masked}",
+                fix=f"remove {what}, or use a postgresql:// url",
+            )
+        return None
+    if direct_url is None:
+        return None
+    try:
+        direct = parse_url(direct_url)
+    except ConfigError as e:
+        raise ConfigError(f"direct_url: {e}") from None
+    if direct.engine != "postgres" or direct.embedded_dir is not None:
+        raise ConfigError(
+            f"direct_url {direct.masked!r} is not a postgresql:// url",
+            fix="set it to postgresql://user:password@server:5432/db, the server behind the pooler",
+        )
+    return direct

@@ -9,6 +9,10 @@ import psycopg
 
 EngineKind: TypeAlias = Literal["sqlite", "postgres"]
 
+# What sits between shareddb and PostgreSQL, as configured (``pooler=``): None for a
+# direct connection, or the pool mode of a pooler such as PgBouncer.
+Pooler: TypeAlias = Literal["session", "transaction"]
+
 PgConnection: TypeAlias = psycopg.Connection[tuple[Any, ...]]
 PgCursor: TypeAlias = psycopg.Cursor[tuple[Any, ...]]
 

@@ -15,7 +15,7 @@ import os
 import sqlite3
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from types import TracebackType
@@ -31,11 +31,13 @@ if TYPE_CHECKING:
     from datetime import datetime
 
     from shareddb._core.url import DbTarget
+    from shareddb._engines.postgres.replica_routing import ReplicaHealth
     from shareddb._vectors.ops import VectorOps
 
 logger = logging.getLogger("shareddb")
 
 ConnT = TypeVar("ConnT", PgConnection, sqlite3.Connection)
+T = TypeVar("T")
 
 # What is wrong with a domain's table, as told by a driver error.
 TableProblem = Literal["missing", "other layout"]
@@ -170,6 +172,20 @@ class Engine(ABC, Generic[ConnT]):
             return self.reading() if read else self.transaction()
         return nullcontext(self.checked(conn, error))
 
+    def read(
+        self,
+        work: Callable[[ConnT], T],
+        conn: Connection | None = None,
+        *,
+        error: type[InvalidArgumentError] = InvalidArgumentError,
+    ) -> T:
+        """The result of the read `work` on the caller's connection, or on one for reads.
+
+        Only reads come here: an engine may run them elsewhere (PostgreSQL: on a replica).
+        """
+        with self.joined(conn, read=True, error=error) as c:
+            return work(c)
+
     def atomic(
         self, conn: Connection | None, name: str = "shareddb"
     ) -> AbstractContextManager[ConnT]:
@@ -303,6 +319,10 @@ class Engine(ABC, Generic[ConnT]):
     @abstractmethod
     def server_version(self, conn: ConnT) -> str:
         """The database software and its version, e.g. ``PostgreSQL 18.4`` or ``SQLite 3.45.1``."""
+
+    def replica_health(self) -> list[ReplicaHealth]:
+        """Each read replica checked now (state, replay lag); empty without replicas."""
+        return []
 
     def index_build_progress(self) -> str | None:
         """What a running index build in this database reports, or None (none, or no such report).

@@ -66,12 +66,13 @@ class PostgresStatements(Statements):
     def _rows(
         self, parsed: Parsed, values: dict[str, Any], conn: Connection | None, limit: int | None
     ) -> tuple[list[str], list[tuple[Any, ...]]]:
-        with self._connection(conn, transaction=False) as c, c.cursor() as cursor:
-            cursor.execute(parsed.text, values)
-            if cursor.description is None:
-                return [], []
-            rows = cursor.fetchall() if limit is None else cursor.fetchmany(limit)
-            return _converted(cursor, rows)
+        with self._connection(conn, transaction=False) as c:
+            return _fetch(c, parsed, values, limit)
+
+    def _read_rows(
+        self, parsed: Parsed, values: dict[str, Any], conn: Connection | None, limit: int | None
+    ) -> tuple[list[str], list[tuple[Any, ...]]]:
+        return self._pg.read(lambda c: _fetch(c, parsed, values, limit), conn)
 
     def _stream(
         self, parsed: Parsed, values: dict[str, Any], conn: Connection | None, batch_size: int
@@ -87,6 +88,17 @@ class PostgresStatements(Statements):
                 names, rows = _converted(cursor, batch)
                 for row in rows:
                     yield dict(zip(names, row, strict=True))
+
+
+def _fetch(
+    conn: PgConnection, parsed: Parsed, values: dict[str, Any], limit: int | None
+) -> tuple[list[str], list[tuple[Any, ...]]]:
+    with conn.cursor() as cursor:
+        cursor.execute(parsed.text, values)
+        if cursor.description is None:
+            return [], []
+        rows = cursor.fetchall() if limit is None else cursor.fetchmany(limit)
+        return _converted(cursor, rows)
 
 
 def _utc(value: datetime) -> datetime:

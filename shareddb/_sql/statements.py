@@ -64,20 +64,51 @@ class Statements(ABC):
             return 0
         return self._executemany(parsed, rows, conn)
 
-    def query(self, sql: str, params: Params | None, conn: Connection | None) -> list[Row]:
+    def query(
+        self, sql: str, params: Params | None, conn: Connection | None, read_only: bool = False
+    ) -> list[Row]:
         parsed = self._parse(sql)
-        names, rows = self._rows(parsed, bind(parsed, params, self.encoders), conn, None)
+        names, rows = self._any_rows(parsed, params, conn, None, read_only)
         return [dict(zip(names, row, strict=True)) for row in rows]
 
-    def query_one(self, sql: str, params: Params | None, conn: Connection | None) -> Row | None:
+    def query_one(
+        self, sql: str, params: Params | None, conn: Connection | None, read_only: bool = False
+    ) -> Row | None:
         parsed = self._parse(sql)
-        names, rows = self._rows(parsed, bind(parsed, params, self.encoders), conn, 1)
+        names, rows = self._any_rows(parsed, params, conn, 1, read_only)
         return dict(zip(names, rows[0], strict=True)) if rows else None
 
-    def query_value(self, sql: str, params: Params | None, conn: Connection | None) -> Any:
+    def query_value(
+        self, sql: str, params: Params | None, conn: Connection | None, read_only: bool = False
+    ) -> Any:
         parsed = self._parse(sql)
-        _, rows = self._rows(parsed, bind(parsed, params, self.encoders), conn, 1)
+        _, rows = self._any_rows(parsed, params, conn, 1, read_only)
         return rows[0][0] if rows and rows[0] else None
+
+    def _any_rows(
+        self,
+        parsed: Parsed,
+        params: Params | None,
+        conn: Connection | None,
+        limit: int | None,
+        read_only: bool,
+    ) -> tuple[list[str], list[list[Any]] | list[tuple[Any, ...]]]:
+        values = bind(parsed, params, self.encoders)
+        if not read_only:
+            return self._rows(parsed, values, conn, limit)
+        if not parsed.reads_only:
+            raise InvalidArgumentError(
+                "read_only=True is for statements that only read (SELECT or VALUES); this "
+                f"statement is {parsed.verb or parsed.first or 'empty'}",
+                fix="leave read_only out for a statement that writes",
+            )
+        return self._read_rows(parsed, values, conn, limit)
+
+    def _read_rows(
+        self, parsed: Parsed, values: dict[str, Any], conn: Connection | None, limit: int | None
+    ) -> tuple[list[str], list[list[Any]] | list[tuple[Any, ...]]]:
+        """`_rows` of a statement that only reads: an engine may run it on a replica."""
+        return self._rows(parsed, values, conn, limit)
 
     def iter_query(
         self, sql: str, params: Params | None, conn: Connection | None, batch_size: int

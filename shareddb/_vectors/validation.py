@@ -15,6 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from shareddb._core.text import check_stored_text, show
+from shareddb._vectors.products import dot
 from shareddb.errors import DimensionMismatchError, InvalidArgumentError, InvalidEmbeddingError
 
 Metric: TypeAlias = Literal["cosine", "l2", "inner_product"]
@@ -41,7 +42,6 @@ _NUMERIC_KINDS: Final = frozenset("iuf")
 _PLAIN_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _FLOAT32: Final = np.dtype(np.float32)  # numpy's one native float32 dtype object
 _INFINITY: Final = float("inf")
-_dot = np.dot
 
 
 def _ready(value: object) -> TypeGuard[Float32Array]:
@@ -60,7 +60,7 @@ def _ready(value: object) -> TypeGuard[Float32Array]:
         and 0 < value.shape[0] <= MAX_DIMENSION
     ):
         with np.errstate(over="ignore", invalid="ignore"):
-            square = float(_dot(value, value))
+            square = dot(value, value)  # no BLAS threads for long vectors
         return 0.0 < square < _INFINITY
     return False
 

@@ -65,7 +65,20 @@ def schema_dirs(args: argparse.Namespace, config: DbConfig | None = None) -> dic
 
 def service(args: argparse.Namespace, url: str, config: DbConfig | None = None) -> DbService:
     """A DbService for `url` with the namespaces of `config` and ``--schema-dir``."""
-    return DbService(url, schema_dirs=schema_dirs(args, config), timeout=args.timeout)
+    return DbService(
+        url, schema_dirs=schema_dirs(args, config), timeout=args.timeout, **options(url, config)
+    )
+
+
+def options(url: str, config: DbConfig | None) -> dict[str, Any]:
+    """The configuration's pooler, direct_url and replicas, when `url` is its url.
+
+    They describe the servers behind ``[db] url``; another url (``--url``, copy's
+    ``--from`` / ``--to``) may be another database, or SQLite.
+    """
+    if config is None or url != config.url:
+        return {}
+    return {"pooler": config.pooler, "direct_url": config.direct_url, **config.replication}
 
 
 def emit_json(data: Any) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from shareddb._core.config import DbConfig, default_config_path, default_sqlite_path, load_config
-from shareddb._core.url import expand_user, parse_url
+from shareddb._core.url import expand_user, mask_url, parse_url
 from shareddb._engines.postgres import embedded
 from shareddb.cli.common import EXIT_OK, EXIT_PROBLEM, checked_url, emit_json
 from shareddb.errors import ConfigError
@@ -20,6 +20,10 @@ CONFIG_TEMPLATE = """\
 
 # [db]
 # url = "postgresql://user:password@host:5432/dbname"   # any url; wins over [sessiondb]
+# Streaming standbys of that url that serve reads (README: "Read replicas"):
+# replicas = ["postgresql://user:password@replica:5432/dbname"]
+# max_replica_lag = 5.0         # seconds; a replica further behind serves no reads
+# read_your_writes = true       # reads see this service's own writes (false: may lag)
 
 # Your application's own migrations, beside shareddb's: namespace = folder (relative
 # paths are relative to this file). get_shared_db(), init, status and doctor use them.
@@ -81,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
         "config_file": str(path) if path else None,
         "config_file_exists": exists,
         "schema_dirs": {ns: str(folder) for ns, folder in config.schema_dirs.items()},
+        "replicas": [mask_url(url) for url in config.replication.get("replicas", ())],
     }
     if target.sqlite_path is not None:
         data["sqlite_path"] = str(target.sqlite_path)
@@ -104,6 +109,8 @@ def run(args: argparse.Namespace) -> int:
     for namespace, folder in config.schema_dirs.items():
         missing = "" if _is_dir(folder) else "  (folder does not exist)"
         print(f"namespace    {namespace} -> {folder}{missing}")
+    for replica in data["replicas"]:
+        print(f"replica      {replica}")
     return EXIT_OK
 
 

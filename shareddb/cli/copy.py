@@ -16,12 +16,14 @@ from shareddb.cli.common import (
     checked_url,
     duration,
     emit_json,
+    options,
     plural,
     schema_dirs,
 )
 
 if TYPE_CHECKING:
     from shareddb._admin.copy import CopyReport, CopyResult
+    from shareddb._core.config import DbConfig
 
 HELP = "copy sessions, embeddings and application tables between two databases (idempotent)"
 
@@ -97,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
     source, dest = checked_url(args.source, "--from"), checked_url(args.dest, "--to")
     if not 1 <= args.batch_size <= copy.MAX_BATCH:
         raise UsageError(f"--batch-size {args.batch_size} must be from 1 to {copy.MAX_BATCH:,}")
-    dirs = namespaces(args)
+    config = load_config()
+    dirs = namespaces(args, config)
     unknown = [t for t in args.only or () if t not in copy.TABLES]
     if unknown and not dirs and not args.app_tables:
         raise UsageError(
@@ -115,6 +118,9 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         dry_run=args.dry_run,
         progress=None if args.json else sys.stderr,
+        # Copy reads and writes the primary: replicas are left out.
+        source_options=_without_replicas(options(args.source, config)),
+        dest_options=_without_replicas(options(args.dest, config)),
     )
     if args.json:
         emit_json(
@@ -138,14 +144,18 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def namespaces(args: argparse.Namespace) -> dict[str, Path]:
+def namespaces(args: argparse.Namespace, config: DbConfig) -> dict[str, Path]:
     """The application namespaces whose tables to copy: the one place they come from.
 
     The configuration's ``[db.schema_dirs]`` (`load_config()`, as every command reads
-    it), then ``--schema-dir``; its url plays no part (copy names both databases).
+    it), then ``--schema-dir``; its url plays no part in this (copy names both databases).
     """
-    dirs = schema_dirs(args, load_config())
+    dirs = schema_dirs(args, config)
     return {namespace: Path(folder) for namespace, folder in dirs.items()}
+
+
+def _without_replicas(given: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in given.items() if key in ("pooler", "direct_url")}
 
 
 def _print_report(report: CopyReport, dest: str) -> None:

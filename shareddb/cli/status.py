@@ -12,6 +12,8 @@ from shareddb._core.service import DbService
 from shareddb._core.types import PgConnection
 from shareddb._core.url import parse_url
 from shareddb._engines.postgres.pgvector import PGVECTOR_VERSIONS
+from shareddb._engines.postgres.replica_routing import ReplicaHealth
+from shareddb._engines.postgres.standby import describe_lag, standby_state
 from shareddb._migrations.files import MigrationFile, discover_all, migration_folders
 from shareddb._migrations.ledger import status
 from shareddb.cli.common import (
@@ -81,13 +83,25 @@ def _status_info(db: DbService, files: list[MigrationFile]) -> dict[str, Any]:
     with engine.reading() as conn:
         info["server"] = engine.server_version(conn)
         info.update(_pgvector(conn) if engine.kind == "postgres" else {"pgvector": None})
+        if engine.kind == "postgres":
+            info["role"] = standby_state(conn).describe()
         info["rows"] = _row_counts(db, conn)
         info["tables"] = list_tables(engine, files, conn=conn)
     info["migrations"] = db.migration_status()
+    info["replicas"] = [_replica(health) for health in engine.replica_health()]
     has_table = info["rows"].get(EMBEDDINGS_TABLE) is not None
     # Empty on SQLite, which has no vector indexes: its search is exact.
     info["indexes"] = VectorStorage(db).indexes() if has_table else []
     return info
+
+
+def _replica(health: ReplicaHealth) -> dict[str, Any]:
+    return {
+        "replica": health.name,
+        "state": health.state,
+        "lag_ms": None if health.lag_seconds is None else round(health.lag_seconds * 1000, 1),
+        "reason": health.reason,
+    }
 
 
 def _pgvector(conn: PgConnection) -> dict[str, Any]:
@@ -125,6 +139,10 @@ def _print_status(info: dict[str, Any]) -> None:
     if not info.get("exists", True):
         print("database    does not exist yet; run: shareddb init")
     print(f"server      {info['server']}")
+    if "role" in info:
+        print(f"role        {info['role']}")
+    for replica in info.get("replicas", []):
+        print(f"replica     {replica['replica']}  {_describe_replica(replica)}")
     print(f"pgvector    {_pgvector_line(info)}")
     print("migrations")
     for m in info["migrations"]:
@@ -153,14 +171,16 @@ def _print_status(info: dict[str, Any]) -> None:
         print("  none")
     for index in info["indexes"]:
         print("  " + describe_index(index))
-    _print_tables(info["tables"], exists=info.get("exists", True))
+    standby = str(info.get("role", "")).startswith("standby")
+    _print_tables(info["tables"], exists=info.get("exists", True), standby=standby)
 
 
-def _print_tables(tables: list[TableInfo], *, exists: bool) -> None:
+def _print_tables(tables: list[TableInfo], *, exists: bool, standby: bool = False) -> None:
     """Every table of the database: rows, the namespace that created it, one line per index."""
     print("tables")
     if not tables:
-        print("  none yet; run: shareddb init" if exists else "  none")
+        init = "shareddb init against the primary" if standby else "shareddb init"
+        print(f"  none yet; run: {init}" if exists else "  none")
     width = max([len(t.name) for t in tables] + [16])
     for table in tables:
         rows = "?" if table.rows is None else f"{table.rows:,}"
@@ -179,6 +199,17 @@ def _describe_table_index(index: IndexSummary) -> str:
     flags.append("partial" if index.partial else "")
     text = f"{index.name}  {method}({', '.join(index.columns)})  " + " ".join(filter(None, flags))
     return text.rstrip()
+
+
+def _describe_replica(replica: dict[str, Any]) -> str:
+    """``healthy, replay lag 3 ms`` or ``down (why)``."""
+    lag = replica["lag_ms"]
+    text = str(replica["state"])
+    if replica["state"] in ("healthy", "lagging") and lag is not None:
+        text += f", replay lag {describe_lag(lag / 1000)}"
+    if replica["reason"]:
+        text += f" ({replica['reason']})"
+    return text
 
 
 def _pgvector_line(info: dict[str, Any]) -> str:

@@ -13,7 +13,7 @@ from psycopg.adapt import Buffer, Dumper
 from psycopg.pq import Format
 
 from shareddb._async.bridge import in_green
-from shareddb._core.types import PgConnection, PgCursor
+from shareddb._core.types import PgConnection, PgCursor, Pooler
 from shareddb._core.url import DbTarget
 from shareddb._vectors.codec import to_pgvector
 from shareddb.errors import DatabaseUnavailableError
@@ -57,10 +57,20 @@ def binary_cursor(conn: PgConnection) -> PgCursor:
     return cursor
 
 
-def connect_kwargs(target: DbTarget, timeout: float) -> dict[str, Any]:
-    """Keyword arguments for every connection: a connect timeout and our application_name."""
+def connect_kwargs(
+    target: DbTarget, timeout: float, pooler: Pooler | None = None
+) -> dict[str, Any]:
+    """Keyword arguments for every connection: a connect timeout and our application_name.
+
+    Behind a transaction pooler, also no server-side prepared statements: psycopg
+    prepares a statement after it ran 5 times on a connection, and through such a
+    pooler a later run lands on another server connection, where that name is
+    unknown or names another client's statement.
+    """
     params = psycopg.conninfo.conninfo_to_dict(target.conninfo)
     kwargs: dict[str, Any] = {}
+    if pooler == "transaction":
+        kwargs["prepare_threshold"] = None
     if "connect_timeout" not in params:  # the url's own setting wins
         kwargs["connect_timeout"] = max(2, round(timeout))
     if "application_name" not in params:
@@ -68,7 +78,9 @@ def connect_kwargs(target: DbTarget, timeout: float) -> dict[str, Any]:
     return kwargs
 
 
-def connect(target: DbTarget, timeout: float, *, autocommit: bool = False) -> PgConnection:
+def connect(
+    target: DbTarget, timeout: float, *, autocommit: bool = False, pooler: Pooler | None = None
+) -> PgConnection:
     """A connection outside the pool, with the failure reported as DatabaseUnavailableError.
 
     Called by the async twin (inside `run_green`), an AsyncConnection seen through the
@@ -77,10 +89,10 @@ def connect(target: DbTarget, timeout: float, *, autocommit: bool = False) -> Pg
     if in_green():
         from shareddb._async.green_pg import green_connect
 
-        return green_connect(target, timeout, autocommit=autocommit)
+        return green_connect(target, timeout, autocommit=autocommit, pooler=pooler)
     try:
         return psycopg.connect(
-            target.conninfo, autocommit=autocommit, **connect_kwargs(target, timeout)
+            target.conninfo, autocommit=autocommit, **connect_kwargs(target, timeout, pooler)
         )
     except psycopg.OperationalError as e:
         raise unavailable(target, e) from None

@@ -15,17 +15,19 @@ import os
 import select
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final, TypeVar
 
 import psycopg
 from psycopg.pq import PipelineStatus, TransactionStatus
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from shareddb._core.types import PgConnection
+from shareddb._core.replica_options import DEFAULT_MAX_REPLICA_LAG
+from shareddb._core.types import Connection, PgConnection, Pooler
+from shareddb._core.url import DbTarget
 from shareddb._engines.base import Dialect, Engine, MigrationSession, TableProblem
 from shareddb._engines.postgres import embedded
 from shareddb._engines.postgres.connect import (
@@ -36,9 +38,19 @@ from shareddb._engines.postgres.connect import (
     unavailable,
 )
 from shareddb._engines.postgres.migrate import PostgresMigrationSession, read_ledger
+from shareddb._engines.postgres.pooler import behind_pooler, refuse_migration
+from shareddb._engines.postgres.replica_routing import ReplicaHealth
+from shareddb._engines.postgres.replicas import ReplicaSet
+from shareddb._engines.postgres.standby import (
+    is_hot_standby,
+    parse_lsn,
+    read_only_error,
+    standby_refuses,
+    standby_state,
+)
 from shareddb._migrations.ledger import LedgerRow
 from shareddb._vectors.ops import VectorOps
-from shareddb.errors import DatabaseUnavailableError, ShareddbError
+from shareddb.errors import DatabaseUnavailableError, InvalidArgumentError, ShareddbError
 
 logger = logging.getLogger("shareddb")
 
@@ -51,6 +63,11 @@ _POOL_WAIT_SLICE = 1.0
 # Longest psycopg_pool keeps retrying one lost connection before giving up (it tries
 # again as soon as a client asks for a connection).
 _RECONNECT_TIMEOUT = 5.0
+# Where the primary's WAL ends after a commit: at or past the commit record, even with
+# synchronous_commit off (pg_current_wal_lsn() may not have reached it then).
+_WAL_END: Final = b"SELECT pg_current_wal_insert_lsn()"
+
+T = TypeVar("T")
 
 # Pools a forked child inherited and let go of: kept referenced so that garbage
 # collection never closes what the parent still uses.
@@ -73,8 +90,33 @@ class PostgresEngine(Engine[PgConnection]):
     connection_type: ClassVar = psycopg.Connection
     driver_errors: ClassVar = (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn)
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        pooler: Pooler | None = None,
+        direct: DbTarget | None = None,
+        replicas: Sequence[DbTarget] = (),
+        max_replica_lag: float = DEFAULT_MAX_REPLICA_LAG,
+        read_your_writes: bool = True,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
+        # What sits in front of the server (``pooler=``), and the direct URL that
+        # migrations use instead of `target` (``direct_url=``).
+        self.pooler = pooler
+        self.direct = direct
+        # Reads that may run on a standby go there (see replicas.py); None: no replicas.
+        self._replicas = (
+            ReplicaSet(
+                replicas,
+                max_size=self.max_size,
+                max_lag=max_replica_lag,
+                read_your_writes=read_your_writes,
+                pooler=pooler,
+            )
+            if replicas
+            else None
+        )
         self._pool: ConnectionPool[PgConnection] | None = None
         # Connections checked out through us, to tell a pool that is full from one
         # that lost its connections.
@@ -99,9 +141,13 @@ class PostgresEngine(Engine[PgConnection]):
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.close()
+        if self._replicas is not None:
+            self._replicas.close()
 
     def _forget(self) -> None:
         _inherited.append(self._pool)
+        if self._replicas is not None:
+            _inherited.extend(self._replicas.forget())
         self._pool = None
         self._in_use_lock = threading.Lock()
         self._in_use = 0
@@ -129,7 +175,7 @@ class PostgresEngine(Engine[PgConnection]):
             min_size=self.min_size,
             max_size=self.max_size,
             timeout=self.timeout,
-            kwargs=connect_kwargs(self.target, self.timeout),
+            kwargs=connect_kwargs(self.target, self.timeout, self.pooler),
             configure=configure,
             # psycopg_pool retries a failed connection with a delay that doubles each
             # time; bounded, a pool that lost its server tries again within a second
@@ -167,9 +213,16 @@ class PostgresEngine(Engine[PgConnection]):
                 if conn.broken:
                     raise lost_connection(self.target, e) from e
                 raise
+            except psycopg.errors.ReadOnlySqlTransaction as e:
+                refused = read_only_error(self.target, conn, e)
+                if refused is None:
+                    raise
+                raise refused from e
             finally:
                 if not conn.closed and conn.info.transaction_status == IDLE:
                     conn.autocommit = True  # how pooled connections rest
+                if self._replicas is not None:  # even after an error: the block may commit()
+                    self._note_write(conn)
         finally:
             self._release(conn, pool)
 
@@ -179,6 +232,86 @@ class PostgresEngine(Engine[PgConnection]):
     def statement(self) -> AbstractContextManager[PgConnection]:
         """A pooled connection in autocommit mode: the lean path of searches and one-row writes."""
         return _Autocommit(self)
+
+    def read(
+        self,
+        work: Callable[[PgConnection], T],
+        conn: Connection | None = None,
+        *,
+        error: type[InvalidArgumentError] = InvalidArgumentError,
+    ) -> T:
+        """`work` on the caller's connection, else on a replica that may serve it, else here.
+
+        Without replicas, one autocommitted statement's checkout of the primary.
+        """
+        if conn is not None:
+            return work(self.checked(conn, error))
+        if self._replicas is None:
+            with _Autocommit(self, writes=False) as c:
+                return work(c)
+        if self._pool is None or self.pid != os.getpid():
+            self.ensure_open()  # a forked child is told so before any replica is tried
+        if lost := self._replicas.routing.lost_writes:
+            self._find_lost_writes(lost)
+
+        def on_primary() -> T:
+            with _Autocommit(self, writes=False) as c:
+                return work(c)
+
+        return self._replicas.read(work, on_primary)
+
+    @contextmanager
+    def streaming(self, conn: Connection | None) -> Iterator[PgConnection]:
+        """A connection in a transaction for a server-side cursor's reads.
+
+        The caller's, or a replica's that may serve reads, or one of the primary's.
+        """
+        if conn is not None:
+            yield self.checked(conn)
+            return
+        if self._replicas is not None:
+            self.ensure_open()
+            with self._replicas.held() as held:
+                if held is not None:
+                    with held.transaction():
+                        yield held
+                    return
+        with self.transaction() as c:
+            yield c
+
+    def _note_write(self, conn: PgConnection) -> None:
+        """Remember where the primary's WAL ends after a commit, for read-your-writes.
+
+        One round trip on the connection that wrote, before it goes back to the pool.
+        When it can't be asked (the connection broke), the next read asks the primary.
+        Never raises: the write itself is done.
+        """
+        assert self._replicas is not None
+        routing = self._replicas.routing
+        if conn.closed or conn.broken:
+            routing.lost_write()
+            return
+        if conn.info.transaction_status != IDLE or is_hot_standby(conn):
+            return  # nothing committed yet, or a standby: nothing is written there
+        try:
+            row = conn.execute(_WAL_END).fetchone()
+        except psycopg.Error:
+            routing.lost_write()
+            return
+        assert row is not None
+        routing.wrote(parse_lsn(str(row[0])))
+
+    def _find_lost_writes(self, lost: int) -> None:
+        """Writes whose WAL end is unknown end at or before the primary's WAL end now."""
+        assert self._replicas is not None
+        with _Autocommit(self, writes=False) as conn:
+            row = conn.execute(_WAL_END).fetchone()
+        assert row is not None
+        self._replicas.routing.wrote(parse_lsn(str(row[0])), found=lost)
+
+    def replica_health(self) -> list[ReplicaHealth]:
+        """Each replica checked now (state, replay lag); empty without replicas."""
+        return [] if self._replicas is None else self._replicas.health()
 
     def in_transaction(self, conn: PgConnection) -> bool:
         return not (conn.autocommit and conn.info.transaction_status == IDLE)
@@ -263,7 +396,7 @@ class PostgresEngine(Engine[PgConnection]):
         """A direct connection, configured like the pool's, or the reason there is none."""
         budget = min(max(deadline - time.monotonic(), 1.0), 5.0)
         try:
-            conn = connect(self.target, budget, autocommit=True)
+            conn = connect(self.target, budget, autocommit=True, pooler=self.pooler)
         except DatabaseUnavailableError as e:
             return None, e
         try:
@@ -311,9 +444,40 @@ class PostgresEngine(Engine[PgConnection]):
 
     @contextmanager
     def migration_session(self, lock_timeout: float) -> Iterator[MigrationSession]:
-        with PostgresMigrationSession.locked(self.target, self.timeout, lock_timeout) as session:
+        """The runner's session, on `direct` when given; never through a transaction pooler.
+
+        Without a direct URL the target itself is used, unless it is configured as a
+        transaction pooler, or the connection turns out to reach the server through
+        a pooler or proxy that was not declared a session pooler (``pooler="session"``).
+        A standby is refused before the lock is taken.
+        """
+        target = self.direct or self.target
+        if self.direct is None and self.pooler == "transaction":
+            raise refuse_migration(target, 'pooler="transaction" and no direct_url is set')
+
+        def check(conn: PgConnection) -> None:
+            if standby_state(conn).in_recovery:
+                raise standby_refuses(
+                    target,
+                    "initialize() has migrations to apply (or pgvector to create) and a "
+                    "standby takes no writes",
+                )
+            if (self.direct is not None or self.pooler != "session") and behind_pooler(conn):
+                what = "direct_url" if self.direct is not None else "the url"
+                raise refuse_migration(
+                    target,
+                    f"{what} reaches the server through a connection pooler or proxy",
+                    detected=self.direct is None,
+                )
+
+        with PostgresMigrationSession.locked(
+            target, self.timeout, lock_timeout, check=check
+        ) as session:
             yield session
             self._pgvector_version = session.pgvector_version
+        if self._replicas is not None:  # the migrations' DDL is read-your-writes too
+            with _Autocommit(self, writes=False) as conn:
+                self._note_write(conn)
 
     def after_migrations(self) -> None:
         """Replace pooled connections made before pgvector existed (they lack its types).
@@ -359,12 +523,17 @@ class PostgresEngine(Engine[PgConnection]):
 
 
 class _Autocommit:
-    """`PostgresEngine.statement()`: a class, cheaper than a generator on the hot path."""
+    """`PostgresEngine.statement()`: a class, cheaper than a generator on the hot path.
 
-    __slots__ = ("_conn", "_engine", "_pool")
+    With `writes`, its statements may write: with replicas, the WAL's end is noted
+    after them, for read-your-writes.
+    """
 
-    def __init__(self, engine: PostgresEngine) -> None:
+    __slots__ = ("_conn", "_engine", "_pool", "_writes")
+
+    def __init__(self, engine: PostgresEngine, *, writes: bool = True) -> None:
         self._engine = engine
+        self._writes = writes
 
     def __enter__(self) -> PgConnection:
         engine = self._engine
@@ -386,9 +555,17 @@ class _Autocommit:
         tb: TracebackType | None,
     ) -> None:
         conn = self._conn
+        engine = self._engine
         try:
+            # Even after an error: an earlier statement of the block may have written.
+            if self._writes and engine._replicas is not None:
+                engine._note_write(conn)
             if isinstance(exc, psycopg.OperationalError) and conn.broken:
-                raise lost_connection(self._engine.target, exc) from exc
+                raise lost_connection(engine.target, exc) from exc
+            if isinstance(exc, psycopg.errors.ReadOnlySqlTransaction):
+                refused = read_only_error(engine.target, conn, exc)
+                if refused is not None:
+                    raise refused from exc
         finally:
             self._engine._release(conn, self._pool)
 

@@ -200,9 +200,15 @@ class PostgresIndexes:
         )
         needed_kb = build_memory_kb(method, rows, dimension, parameters)
         started = time.monotonic()
+        # Behind a transaction pooler a session setting would land on one server
+        # connection and the build on another (and stay for its next client); the pid
+        # the connection was given is the pooler's, so progress is looked up by index.
+        pooled = self._engine.pooler == "transaction"
         with (
-            _maintenance_memory(c, needed_kb, session=concurrently),
-            _progress(self._engine, c.info.backend_pid, name),
+            _maintenance_memory(
+                c, 0 if pooled and concurrently else needed_kb, session=concurrently
+            ),
+            _progress(self._engine, None if pooled else c.info.backend_pid, name),
         ):
             c.execute(statement)
         # Fresh statistics for "dimension = d" let the planner pick the new index.
@@ -306,7 +312,7 @@ def read_progress(conn: PgConnection, pid: int | None = None) -> tuple[str, str]
 
 
 @contextmanager
-def _progress(engine: PostgresEngine, pid: int, name: str) -> Iterator[None]:
+def _progress(engine: PostgresEngine, pid: int | None, name: str) -> Iterator[None]:
     """Log the build's progress for `pid` while it runs past PROGRESS_AFTER."""
     stop = threading.Event()
     watcher = threading.Thread(
@@ -323,7 +329,9 @@ def _progress(engine: PostgresEngine, pid: int, name: str) -> Iterator[None]:
         watcher.join(timeout=5.0)
 
 
-def _watch_progress(engine: PostgresEngine, pid: int, name: str, stop: threading.Event) -> None:
+def _watch_progress(
+    engine: PostgresEngine, pid: int | None, name: str, stop: threading.Event
+) -> None:
     started = time.monotonic()
     if stop.wait(PROGRESS_AFTER):
         return

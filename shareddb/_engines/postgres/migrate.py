@@ -8,11 +8,12 @@ is an open statement, which `CREATE INDEX CONCURRENTLY` would wait for forever.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, Literal, LiteralString, Self
 
 import psycopg
+from psycopg.pq import TransactionStatus
 
 from shareddb._async.bridge import pause
 from shareddb._core.types import PgConnection
@@ -23,6 +24,8 @@ from shareddb._engines.postgres.pgvector import ensure_pgvector
 from shareddb._migrations.ledger import LedgerRow
 from shareddb._migrations.sqlsplit import Statement
 from shareddb.errors import MigrationLockTimeout
+
+IDLE = TransactionStatus.IDLE
 
 # int.from_bytes(b"shareddb"): one cluster-wide key per database for the runner.
 LOCK_KEY = 0x7368617265646462
@@ -59,7 +62,12 @@ RECORDED = "SELECT 1 FROM schema_migrations WHERE namespace = %s AND version = %
 # the migration lock and the file's transaction: a process killed during a slow file
 # would block every other initialize() until then. With this setting (PostgreSQL 14+)
 # the server looks for its client every second and ends the session when it is gone.
-CHECK_CLIENT = "SELECT set_config('client_connection_check_interval', '1s', false)"
+# It is set for each file's transaction only (is_local), and around each statement of a
+# no-transaction file, then reset: a session setting would outlive the run on a server
+# connection that a pooler hands to its next client.
+CHECK_CLIENT_LOCAL = b"SELECT set_config('client_connection_check_interval', '1s', true)"
+CHECK_CLIENT_SESSION = b"SELECT set_config('client_connection_check_interval', '1s', false)"
+CHECK_CLIENT_RESET = b"RESET client_connection_check_interval"
 CHECK_CLIENT_SINCE = 140000
 TRY_LOCK = "SELECT pg_try_advisory_lock(%s)"
 UNLOCK = "SELECT pg_advisory_unlock(%s)"
@@ -94,13 +102,22 @@ class PostgresMigrationSession(MigrationSession):
         self.target = target
         self.where = target.masked
         self.pgvector_version: str | None = None
+        self._check_client = conn.info.server_version >= CHECK_CLIENT_SINCE
 
     @classmethod
     @contextmanager
-    def locked(cls, target: DbTarget, timeout: float, lock_timeout: float) -> Iterator[Self]:
+    def locked(
+        cls,
+        target: DbTarget,
+        timeout: float,
+        lock_timeout: float,
+        *,
+        check: Callable[[PgConnection], None] | None = None,
+    ) -> Iterator[Self]:
+        """A session on a new connection to `target` that `check` accepted, holding the lock."""
         with connect(target, timeout, autocommit=True) as conn:
-            if conn.info.server_version >= CHECK_CLIENT_SINCE:
-                conn.execute(CHECK_CLIENT)
+            if check is not None:
+                check(conn)
             _lock(conn, target, lock_timeout)
             try:
                 yield cls(conn, target)
@@ -108,8 +125,12 @@ class PostgresMigrationSession(MigrationSession):
                 if not conn.broken:
                     conn.execute(UNLOCK, (LOCK_KEY,))
 
-    def transaction(self) -> AbstractContextManager[Any]:
-        return self.conn.transaction()
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        with self.conn.transaction():
+            if self._check_client:
+                self.conn.execute(CHECK_CLIENT_LOCAL)
+            yield
 
     def run(self, statement: LiteralString, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         cursor = self.conn.execute(statement, params)
@@ -123,7 +144,17 @@ class PostgresMigrationSession(MigrationSession):
 
     def execute(self, statement: Statement) -> None:
         # Migration files are trusted SQL from disk; bytes keep psycopg from parsing %.
-        self.conn.execute(statement.text.encode())
+        if not self._check_client or self.conn.info.transaction_status != IDLE:
+            self.conn.execute(statement.text.encode())
+            return
+        # A statement of a no-transaction file (CREATE INDEX CONCURRENTLY): the setting
+        # can only be the session's, so it is reset right after.
+        self.conn.execute(CHECK_CLIENT_SESSION)
+        try:
+            self.conn.execute(statement.text.encode())
+        finally:
+            if not self.conn.broken and self.conn.info.transaction_status == IDLE:
+                self.conn.execute(CHECK_CLIENT_RESET)
 
     def sqlstate(self, error: Exception) -> str | Literal[False] | None:
         return error.sqlstate if isinstance(error, psycopg.Error) else False

@@ -113,10 +113,10 @@ class PostgresSearch:
         self, request: SearchRequest, conn: Connection | None
     ) -> list[SearchResult] | list[SearchHit]:
         if conn is None:
-            # The lean path: a pooled connection resting in autocommit mode, its reused
-            # binary cursor, one autocommitted statement (its settings end with it).
-            with self._engine.statement() as c:
-                return self._search(c, binary_cursor(c), request, own=True)
+            # The lean path: a pooled connection (of the primary or a replica) resting in
+            # autocommit mode, its reused binary cursor, one autocommitted statement (its
+            # settings end with it).
+            return self._engine.read(lambda c: self._search(c, binary_cursor(c), request, own=True))
         checked = self._engine.checked(conn)
         return self._search(checked, checked.cursor(binary=True), request, own=False)
 
@@ -151,6 +151,8 @@ class PostgresSearch:
         # generic plan, costed without them, would scan HNSW for a filter matching 0.1 %
         # of the rows (tens of ms) where the GIN index finds them in a fraction of one.
         rows = request.rows
+        # None: the connection's prepare_threshold decides (None behind a transaction
+        # pooler: never prepared). Nothing in shareddb passes prepare=True.
         prepare = False if rows.backend or rows.model or rows.where is not None else None
         if settings and not own and self._engine.in_transaction(conn):
             return _in_rolled_back_savepoint(conn, statement, params, prepare)
@@ -287,10 +289,10 @@ class PostgresSearch:
         return statement, params, settings, tuple(values)
 
     def explain(self, request: SearchRequest, conn: Connection | None) -> str:
-        with (
-            self._engine.joined(conn) as c,
-            self._engine.savepoint(c, "shareddb_explain", rollback=True),
-        ):
+        return self._engine.read(lambda c: self._explain(c, request), conn)
+
+    def _explain(self, c: PgConnection, request: SearchRequest) -> str:
+        with self._engine.savepoint(c, "shareddb_explain", rollback=True):
             statement, params, settings, values = self._plan(c, request, request.dimension)
             lines: list[str] = []
             if settings:

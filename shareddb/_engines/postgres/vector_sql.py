@@ -74,8 +74,11 @@ IDS: Final = sql.SQL(
 COUNT_WHERE: Final = sql.SQL("SELECT count(*) FROM {table} WHERE {where}")
 # Of the given (id, hash) pairs, in their order: those missing, or stored with another hash
 # (or, with a model, made by another model).
+# The ids and hashes travel as two JSON arrays: psycopg dumps a text[] element by element in
+# Python (at 100k ids that took longer than the query; JSON text is one json.dumps each).
 STALE: Final = sql.SQL(
-    "SELECT g.id FROM unnest(%s::text[], %s::text[]) WITH ORDINALITY AS g(id, hash, n) "
+    "SELECT g.id FROM ROWS FROM (json_array_elements_text(%s::json), "
+    "json_array_elements_text(%s::json)) WITH ORDINALITY AS g(id, hash, n) "
     "LEFT JOIN {table} AS t ON t.qualified_task_id = g.id "
     "WHERE t.qualified_task_id IS NULL OR t.content_hash IS DISTINCT FROM g.hash "
     "OR (%s::text IS NOT NULL AND t.model IS DISTINCT FROM %s::text) ORDER BY g.n"

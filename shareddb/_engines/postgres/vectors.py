@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from collections.abc import Iterator, Sequence
@@ -247,29 +248,43 @@ class PostgresVectors:
 
     # -- reads -------------------------------------------------------------------------
 
+    # Reads run through `engine.read`, which may send them to a replica (and runs them
+    # again elsewhere when the replica fails): each is one function of the connection.
+
     def get(self, task_id: str, conn: Connection | None) -> Float32Array | None:
-        with self._connection(conn, autocommit=True) as c:
+        statement = self._simple("get", GET)
+
+        def read(c: PgConnection) -> Any:
             cursor = binary_cursor(c) if conn is None else c.cursor(binary=True)
-            row = cursor.execute(self._simple("get", GET), (task_id,)).fetchone()
+            return cursor.execute(statement, (task_id,)).fetchone()
+
+        row = self._engine.read(read, conn)
         return None if row is None else _array(row[0])
 
     def get_record(self, task_id: str, conn: Connection | None) -> EmbeddingRecord | None:
-        with self._connection(conn, autocommit=True) as c:
+        statement = self._simple("get_record", GET_RECORD)
+
+        def read(c: PgConnection) -> Any:
             cursor = binary_cursor(c) if conn is None else c.cursor(binary=True)
-            row = cursor.execute(self._simple("get_record", GET_RECORD), (task_id,)).fetchone()
+            return cursor.execute(statement, (task_id,)).fetchone()
+
+        row = self._engine.read(read, conn)
         if row is None:
             return None
         return record_from_row(row, _array, self._engine.read_time)
 
     def get_many(self, ids: list[str], conn: Connection | None) -> dict[str, Float32Array]:
-        with self._connection(conn, autocommit=True) as c:
-            cursor = c.cursor(binary=True)
-            rows = cursor.execute(self._simple("get_many", GET_MANY), (ids,)).fetchall()
+        statement = self._simple("get_many", GET_MANY)
+
+        def read(c: PgConnection) -> list[Any]:
+            return c.cursor(binary=True).execute(statement, (ids,)).fetchall()
+
+        rows = self._engine.read(read, conn)
         return {str(qid): _array(embedding) for qid, embedding in rows}
 
     def exists(self, task_id: str, conn: Connection | None) -> bool:
-        with self._connection(conn, autocommit=True) as c:
-            row = c.execute(self._simple("exists", EXISTS), (task_id,)).fetchone()
+        statement = self._simple("exists", EXISTS)
+        row = self._engine.read(lambda c: c.execute(statement, (task_id,)).fetchone(), conn)
         return bool(row and row[0])
 
     def ids(self, rows: RowFilter, conn: Connection | None) -> Iterator[str]:
@@ -277,7 +292,7 @@ class PostgresVectors:
         conditions, params = row_conditions(rows)
         statement = IDS.format(table=self._ident, where=_all(conditions))
         with (
-            self._connection(conn, autocommit=False) as c,
+            self._engine.streaming(conn) as c,
             c.cursor(name=f"shareddb_ids_{uuid.uuid4().hex}") as cursor,  # one per iteration
         ):
             cursor.itersize = IDS_PER_FETCH
@@ -288,19 +303,22 @@ class PostgresVectors:
     def count(self, rows: RowFilter, conn: Connection | None) -> int:
         conditions, params = row_conditions(rows)
         statement = COUNT_WHERE.format(table=self._ident, where=_all(conditions))
-        with self._connection(conn, autocommit=True) as c:
-            row = c.execute(statement, params).fetchone()
+        row = self._engine.read(lambda c: c.execute(statement, params).fetchone(), conn)
         assert row is not None
         return int(row[0])
 
     def stale(
         self, hashes: list[tuple[str, str]], model: str | None, conn: Connection | None
     ) -> list[str]:
-        ids = [task_id for task_id, _ in hashes]
-        digests = [digest for _, digest in hashes]
-        with self._connection(conn, autocommit=True) as c:
-            rows = c.execute(self._simple("stale", STALE), (ids, digests, model, model))
+        ids = json.dumps([task_id for task_id, _ in hashes], ensure_ascii=False)
+        digests = json.dumps([digest for _, digest in hashes], ensure_ascii=False)
+        statement = self._simple("stale", STALE)
+
+        def read(c: PgConnection) -> list[str]:
+            rows = c.execute(statement, (ids, digests, model, model))
             return [str(row[0]) for row in rows]
+
+        return self._engine.read(read, conn)
 
     # -- search and indexes ----------------------------------------------------------------
 
@@ -325,8 +343,7 @@ class PostgresVectors:
             self._indexes.drop(c, name, concurrently)
 
     def indexes(self, conn: Connection | None) -> list[IndexInfo]:
-        with self._connection(conn, autocommit=True) as c:
-            return self._indexes.listing(c)
+        return self._engine.read(self._indexes.listing, conn)
 
     def create_table(self, conn: Connection | None) -> None:
         table = self._table

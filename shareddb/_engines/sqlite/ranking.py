@@ -2,6 +2,8 @@
 
 Candidates come from one float32 matrix-vector product (the cost of a bare numpy
 scan) and are re-ranked in float64, so float32 rounding never reorders the top k.
+Every product goes through `products`, which never wakes BLAS's threads (they stall
+searches on a busy machine) and leaves the application's BLAS settings alone.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Any, Final, Literal
 
 import numpy as np
 
+from shareddb._vectors.products import dot, row_dots
 from shareddb._vectors.validation import Float32Array, Metric
 
 # Extra candidates re-ranked in float64 beyond k, so float32 rounding in the
@@ -192,15 +195,15 @@ def nearest(
         mask_from, subset, positions = positions, None, None
     if metric == "cosine":
         unit, zero = matrix.unit()
-        q = query / np.float32(math.sqrt(float(query @ query)))
-        scores = _take(subset, "unit", unit) @ q
+        q = query / np.float32(math.sqrt(dot(query, query)))
+        scores = row_dots(_take(subset, "unit", unit), q)
         zero_rows = _take(subset, "zero", zero)
         if zero_rows.any():
             scores[zero_rows] = _LOWEST
     elif metric == "inner_product":
-        scores = _take(subset, "raw", raw) @ query
+        scores = row_dots(_take(subset, "raw", raw), query)
     else:  # l2: rank by 2 r·q - |r|², which orders as -|r - q|²
-        scores = 2 * (_take(subset, "raw", raw) @ query)
+        scores = 2 * row_dots(_take(subset, "raw", raw), query)
         scores -= _take(subset, "sqnorms", matrix.sqnorms())
     eligible = scores.shape[0]
     if mask_from is not None:
@@ -228,14 +231,14 @@ def _ranked(
     rows = raw[positions].astype(np.float64)
     q64 = query.astype(np.float64)
     if metric == "cosine":
-        norms = np.sqrt(np.einsum("ij,ij->i", rows, rows) * float(q64 @ q64))
+        norms = np.sqrt(np.einsum("ij,ij->i", rows, rows) * dot(q64, q64))
         if norms.all():
-            distances = 1.0 - (rows @ q64) / norms
+            distances = 1.0 - row_dots(rows, q64) / norms
         else:
             with np.errstate(invalid="ignore", divide="ignore"):  # zero rows: NaN, ranked last
-                distances = 1.0 - (rows @ q64) / norms
+                distances = 1.0 - row_dots(rows, q64) / norms
     elif metric == "inner_product":
-        distances = -(rows @ q64)
+        distances = -row_dots(rows, q64)
     else:
         distances = np.sqrt(np.square(rows - q64).sum(axis=1))
     order = np.lexsort((positions, distances))[:k]
