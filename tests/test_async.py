@@ -283,7 +283,7 @@ def test_a_sync_connection_is_refused_as_conn_on_postgres(pg_url: str) -> None:
             with (
                 DbService(pg_url) as sync_db,
                 sync_db.transaction() as conn,
-                pytest.raises(InvalidArgumentError, match="not an AsyncConnection"),
+                pytest.raises(InvalidArgumentError, match="for the async API"),
             ):
                 await AsyncVectorStorage(db).upsert("md#1", [1.0], conn=conn)
 

@@ -227,7 +227,8 @@ class AsyncPostgresEngine(PostgresEngine):
         if isinstance(conn, GreenConnection):
             return conn
         raise error(
-            f"conn={conn!r} is not an AsyncConnection of {self.target.masked}",
+            f"conn={conn!r} is not a {self.kind} connection of {self.target.masked} for the "
+            "async API (an AsyncConnection)",
             fix="pass the connection yielded by AsyncDbService.transaction(), or leave conn out",
         )
 
