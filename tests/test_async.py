@@ -341,3 +341,35 @@ def test_one_shared_service_per_target_per_event_loop(
 
     one, two = run(main()), run(main())
     assert one is not two  # another loop, another service
+
+
+@pytest.mark.postgres
+def test_the_async_twin_reads_from_a_replica_and_writes_to_the_primary(
+    replicated: tuple[str, str], standby_server: Any
+) -> None:
+    """Replica routing is the sync engine's own: the twin follows it (see test_replicas.py)."""
+    from test_replicas import settled_scans, vector
+
+    primary, replica = replicated
+    with DbService(primary, replicas=[replica]) as db:
+        db.initialize()
+        VectorStorage(db).upsert_many((f"md#{i}", vector(i)) for i in range(50))
+    standby_server.wait_for(primary)
+    primary_before, replica_before = settled_scans(primary), settled_scans(replica)
+    reads = 150
+
+    async def main() -> None:
+        async with AsyncDbService(primary, replicas=[replica]) as db:
+            vectors = AsyncVectorStorage(db)
+            for i in range(reads // 3):
+                assert np.array_equal(await vectors.get(f"md#{i % 50}"), vector(i % 50))
+                hits = await vectors.search(vector(i % 50), k=1)
+                assert hits[0].qualified_task_id == f"md#{i % 50}"
+                assert await vectors.count() == 50
+            await vectors.upsert("md#new", vector(99))  # on the primary, read back at once
+            assert np.array_equal(await vectors.get("md#new"), vector(99))
+
+    run(main())
+    replica_reads = settled_scans(replica, replica_before + reads) - replica_before
+    assert replica_reads >= reads
+    assert settled_scans(primary) - primary_before <= 3  # the write and its read-back
