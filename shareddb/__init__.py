@@ -1,5 +1,7 @@
 """shareddb: one shared database layer in plain SQL, on SQLite or PostgreSQL + pgvector."""
 
+from shareddb._async.service import AsyncDbService
+from shareddb._async.shared import close_shared_async_dbs, get_shared_async_db
 from shareddb._core.config import DbConfig, load_config
 from shareddb._core.service import DbService
 from shareddb._core.shared import close_shared_dbs, get_shared_db
@@ -22,8 +24,9 @@ from shareddb.errors import (
     SessionNotFoundError,
     ShareddbError,
 )
-from shareddb.sessions import SessionRecord, SessionStorage
+from shareddb.sessions import AsyncSessionStorage, SessionRecord, SessionStorage
 from shareddb.vectors import (
+    AsyncVectorStorage,
     EmbeddingItem,
     EmbeddingRecord,
     IndexInfo,
@@ -33,11 +36,21 @@ from shareddb.vectors import (
 )
 
 # Public types defined in private modules show (and pickle) under the name users import.
-for _public in (AppliedMigration, DbConfig, DbService, MigrationInfo, MigrationReport):
+for _public in (
+    AppliedMigration,
+    AsyncDbService,
+    DbConfig,
+    DbService,
+    MigrationInfo,
+    MigrationReport,
+):
     _public.__module__ = __name__
 
 __all__ = [
     "AppliedMigration",
+    "AsyncDbService",
+    "AsyncSessionStorage",
+    "AsyncVectorStorage",
     "ChecksumMismatchError",
     "ConfigError",
     "DatabaseUnavailableError",
@@ -66,7 +79,9 @@ __all__ = [
     "SessionStorage",
     "ShareddbError",
     "VectorStorage",
+    "close_shared_async_dbs",
     "close_shared_dbs",
+    "get_shared_async_db",
     "get_shared_db",
     "load_config",
 ]

@@ -21,7 +21,7 @@ from shareddb.errors import InvalidSessionError, SessionExistsError, SessionNotF
 if TYPE_CHECKING:
     from shareddb._core.service import DbService
 
-__all__ = ["SessionRecord", "SessionStorage"]
+__all__ = ["AsyncSessionStorage", "SessionRecord", "SessionStorage"]
 
 logger = logging.getLogger("shareddb.sessions")
 
@@ -330,3 +330,9 @@ class SessionStorage:
         if deleted:
             logger.debug("deleted session %r", name)
         return deleted > 0
+
+
+# The async twin, defined over SessionStorage (imported last: it imports this module).
+from shareddb._async.sessions import AsyncSessionStorage  # noqa: E402
+
+AsyncSessionStorage.__module__ = __name__

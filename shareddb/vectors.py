@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from shareddb._vectors.ops import VectorOps
 
 __all__ = [
+    "AsyncVectorStorage",
     "EmbeddingItem",
     "EmbeddingRecord",
     "IndexInfo",
@@ -538,3 +539,9 @@ def _id_list(ids: object, method: str) -> list[str]:
             fix="pass a list of qualified task ids",
         )
     return list(dict.fromkeys(checked_ids(list(ids))))
+
+
+# The async twin, defined over VectorStorage (imported last: it imports this module).
+from shareddb._async.vectors import AsyncVectorStorage  # noqa: E402
+
+AsyncVectorStorage.__module__ = __name__

@@ -87,6 +87,12 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return url
 
 
+@pytest.fixture(params=["sync", "async"])
+def api(request: pytest.FixtureRequest) -> str:
+    """Which API a test drives: the sync classes, or their async twins (tests/async_twin.py)."""
+    return str(request.param)
+
+
 @pytest.fixture
 def db(db_url: str) -> Iterator[DbService]:
     """An open, initialized DbService on each backend."""

@@ -261,6 +261,13 @@ def test_throughput_bench_runs_every_client_at_each_concurrency(
 
 
 def test_bench_scripts_explain_their_options() -> None:
-    for script in ("search.py", "load.py", "sqlite.py", "contention.py", "throughput.py"):
+    for script in (
+        "search.py",
+        "load.py",
+        "sqlite.py",
+        "contention.py",
+        "throughput.py",
+        "heartbeat.py",
+    ):
         result = _run(script, "--help")
         assert "[default:" in result.stdout

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pytest
+from async_twin import both_apis  # noqa: F401 - the `db` fixture: each test on both APIs
 
 from shareddb import (
     DbService,

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from async_twin import both_apis  # noqa: F401 - the `db` fixture: each test on both APIs
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp

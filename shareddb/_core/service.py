@@ -15,7 +15,7 @@ from contextlib import AbstractContextManager
 from functools import cached_property
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from shareddb._core.replica_options import DEFAULT_MAX_REPLICA_LAG, replica_options
 from shareddb._core.types import Connection, EngineKind, Pooler
@@ -69,6 +69,9 @@ class DbService:
         `max_replica_lag` of staleness for fewer reads on the primary.
     """
 
+    # The async twin's service (AsyncDbService runs one): its engine awaits its I/O.
+    asynchronous: ClassVar[bool] = False
+
     def __init__(
         self,
         url: str,
@@ -103,6 +106,7 @@ class DbService:
             timeout=float(timeout),
             pooler=pooler,
             direct=direct,
+            asynchronous=self.asynchronous,
             **replication,
         )
 

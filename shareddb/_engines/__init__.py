@@ -19,17 +19,25 @@ def engine_for(
     timeout: float,
     pooler: Pooler | None = None,
     direct: DbTarget | None = None,
+    asynchronous: bool = False,
     **replication: Any,
 ) -> Engine[Any]:
     """The engine of `target`'s database kind (no I/O).
 
     PostgreSQL only: `pooler`, `direct` (the direct_url target) and `replication`
-    (replicas, max_replica_lag, read_your_writes).
+    (replicas, max_replica_lag, read_your_writes). `asynchronous`: for the async twin
+    (PostgreSQL on an AsyncConnectionPool; SQLite's engine is the same, served by a
+    worker thread).
     """
     if target.engine == "postgres":
         from shareddb._engines.postgres.engine import PostgresEngine
 
-        return PostgresEngine(
+        engine_class = PostgresEngine
+        if asynchronous:
+            from shareddb._async.green_pg import AsyncPostgresEngine
+
+            engine_class = AsyncPostgresEngine
+        return engine_class(
             target,
             min_size=min_size,
             max_size=max_size,

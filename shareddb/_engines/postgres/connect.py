@@ -12,6 +12,7 @@ from pgvector.psycopg import register_vector
 from psycopg.adapt import Buffer, Dumper
 from psycopg.pq import Format
 
+from shareddb._async.bridge import in_green
 from shareddb._core.types import PgConnection, PgCursor, Pooler
 from shareddb._core.url import DbTarget
 from shareddb._vectors.codec import to_pgvector
@@ -80,7 +81,15 @@ def connect_kwargs(
 def connect(
     target: DbTarget, timeout: float, *, autocommit: bool = False, pooler: Pooler | None = None
 ) -> PgConnection:
-    """A connection outside the pool, with the failure reported as DatabaseUnavailableError."""
+    """A connection outside the pool, with the failure reported as DatabaseUnavailableError.
+
+    Called by the async twin (inside `run_green`), an AsyncConnection seen through the
+    sync API, so that its waits are awaited on the event loop.
+    """
+    if in_green():
+        from shareddb._async.green_pg import green_connect
+
+        return green_connect(target, timeout, autocommit=autocommit, pooler=pooler)
     try:
         return psycopg.connect(
             target.conninfo, autocommit=autocommit, **connect_kwargs(target, timeout, pooler)

@@ -22,7 +22,7 @@ from types import TracebackType
 from typing import Any, ClassVar, Final, TypeVar
 
 import psycopg
-from psycopg.pq import TransactionStatus
+from psycopg.pq import PipelineStatus, TransactionStatus
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from shareddb._core.replica_options import DEFAULT_MAX_REPLICA_LAG
@@ -362,6 +362,10 @@ class PostgresEngine(Engine[PgConnection]):
         """Give back what `_checkout` handed out: to its pool, or close a direct connection."""
         with self._in_use_lock:
             self._in_use -= 1
+        if conn.pgconn.pipeline_status != PipelineStatus.OFF:
+            # A pipeline cut short (a cancelled task, Ctrl-C) can leave libpq in pipeline
+            # mode with results uncollected: closed, the pool replaces it.
+            conn.close()
         if pool is not None:
             pool.putconn(conn)
         else:

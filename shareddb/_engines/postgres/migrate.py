@@ -15,6 +15,7 @@ from typing import Any, Literal, LiteralString, Self
 import psycopg
 from psycopg.pq import TransactionStatus
 
+from shareddb._async.bridge import pause
 from shareddb._core.types import PgConnection
 from shareddb._core.url import DbTarget
 from shareddb._engines.base import MigrationSession
@@ -168,7 +169,7 @@ def _lock(conn: PgConnection, target: DbTarget, lock_timeout: float) -> None:
     while not _try_lock(conn):
         if time.monotonic() >= deadline:
             raise _lock_timeout(conn, target, lock_timeout)
-        time.sleep(delay)
+        pause(delay)  # on the async twin, the event loop goes on meanwhile
         delay = min(delay * 2, 1.0)
 
 

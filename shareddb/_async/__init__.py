@@ -1,0 +1,1 @@
+"""The async twins: AsyncDbService and its domains, running the sync implementation."""
