@@ -52,9 +52,8 @@ from pgvector.psycopg import register_vector, register_vector_async
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
-import shareddb
-from shareddb import DbService
-from shareddb.vectors import VectorStorage
+from shareddb import AsyncDbService, DbService
+from shareddb.vectors import AsyncVectorStorage, VectorStorage
 
 TABLE = "task_embeddings"
 LANGCHAIN_TABLE = "bench_langchain"
@@ -212,7 +211,7 @@ class PsycopgAsync(TaskClient):
 
 
 class ShareddbAsync(TaskClient):
-    """shareddb's async API (AsyncDbService / AsyncVectorStorage), where this shareddb has it."""
+    """shareddb's async API (AsyncDbService / AsyncVectorStorage)."""
 
     name = "shareddb async"
 
@@ -220,11 +219,7 @@ class ShareddbAsync(TaskClient):
         self.url, self.k = url, k
 
     async def open(self, pool: int) -> None:
-        from shareddb.vectors import AsyncVectorStorage  # type: ignore[attr-defined]
-
-        self.db = shareddb.AsyncDbService(  # type: ignore[attr-defined]
-            self.url, min_size=pool, max_size=pool
-        )
+        self.db = AsyncDbService(self.url, min_size=pool, max_size=pool)
         await self.db.open()
         self.storage = AsyncVectorStorage(self.db)
 
@@ -509,10 +504,7 @@ def make_clients(
         PsycopgAsync(url, statement),
     ]
     if "shareddb async" in wanted:
-        if hasattr(shareddb, "AsyncDbService"):
-            clients.append(ShareddbAsync(url, k))
-        else:
-            report.skip("shareddb async", "this shareddb has no AsyncDbService yet")
+        clients.append(ShareddbAsync(url, k))
     if "langchain-postgres async" in wanted:
         peer = langchain_client(args, report, url, k, queries.shape[1])
         if peer is not None:

@@ -202,3 +202,19 @@ def run_in_child(fn: Callable[[], str]) -> str:
 # -- data sets (the bench's, also read by the recall and tuning tests) ------------------------
 
 DATA_DIR = PROJECT_ROOT / "bench" / "data"
+
+
+def run_bench(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``python bench/SCRIPT ARGS`` from the project root; fails the test if it fails."""
+    env = {k: v for k, v in os.environ.items() if k != "SHAREDDB_BENCH_URL"}
+    result = subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / "bench" / script), *args],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, f"{script} failed:\n{result.stdout}\n{result.stderr}"
+    return result

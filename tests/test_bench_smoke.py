@@ -10,38 +10,17 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import PROJECT_ROOT
+from helpers import run_bench
 
-import shareddb
-
-BENCH = PROJECT_ROOT / "bench"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def _installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
-
-
-def _run(script: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "SHAREDDB_BENCH_URL"}
-    result = subprocess.run(
-        [sys.executable, str(BENCH / script), *args],
-        cwd=PROJECT_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert result.returncode == 0, f"{script} failed:\n{result.stdout}\n{result.stderr}"
-    return result
 
 
 def _report(path: Path) -> dict[str, Any]:
@@ -63,7 +42,7 @@ def _assert_png(path: Path) -> None:
 def test_search_bench_runs_every_client_on_the_same_index(
     pg_server_url: str, tmp_path: Path
 ) -> None:
-    result = _run(
+    result = run_bench(
         "search.py",
         "--dsn",
         pg_server_url,
@@ -119,7 +98,7 @@ def test_search_bench_runs_every_client_on_the_same_index(
 
 
 def test_sqlite_bench_finds_the_exact_neighbours_with_every_client(tmp_path: Path) -> None:
-    result = _run(
+    result = run_bench(
         "sqlite.py",
         "--sizes",
         "300,700",
@@ -150,7 +129,7 @@ def test_sqlite_bench_finds_the_exact_neighbours_with_every_client(tmp_path: Pat
 def test_contention_bench_times_every_client_under_load_and_finds_the_exact_neighbours(
     tmp_path: Path,
 ) -> None:
-    result = _run(
+    result = run_bench(
         "contention.py",
         *("--n", "2000", "--threads", "2", "--busy", "1", "--calls", "2", "--rounds", "2"),
         *("--idle-queries", "4", "--out", str(tmp_path)),
@@ -169,7 +148,7 @@ def test_contention_bench_times_every_client_under_load_and_finds_the_exact_neig
 def test_load_bench_measures_every_loader_and_initialize(
     pg_server_url: str, tmp_path: Path
 ) -> None:
-    result = _run(
+    result = run_bench(
         "load.py",
         "--dsn",
         pg_server_url,
@@ -210,7 +189,7 @@ def test_load_bench_measures_every_loader_and_initialize(
 def test_throughput_bench_runs_every_client_at_each_concurrency(
     pg_server_url: str, tmp_path: Path
 ) -> None:
-    result = _run(
+    result = run_bench(
         "throughput.py",
         "--dsn",
         pg_server_url,
@@ -235,9 +214,8 @@ def test_throughput_bench_runs_every_client_at_each_concurrency(
     # The hand-written client sends shareddb's own statement and gets its answers.
     assert data["machine"]["same_sql"] is True
     assert data["machine"]["same_answers"] is True
-    expected = {"shareddb threads", "psycopg threads", "psycopg async"}
+    expected = {"shareddb threads", "psycopg threads", "psycopg async", "shareddb async"}
     optional = {
-        "shareddb async": hasattr(shareddb, "AsyncDbService"),
         "langchain-postgres async": _installed("langchain_postgres"),
         "pgbench": "pgbench" in data["machine"],
     }
@@ -269,5 +247,5 @@ def test_bench_scripts_explain_their_options() -> None:
         "throughput.py",
         "heartbeat.py",
     ):
-        result = _run(script, "--help")
+        result = run_bench(script, "--help")
         assert "[default:" in result.stdout

@@ -28,11 +28,11 @@ import numpy as np
 import psycopg
 import pytest
 from helpers import (
-    PROJECT_ROOT,
     AppMigrations,
     builtin_files,
     fresh_database,
     ledger,
+    run_bench,
     run_cli,
 )
 from psycopg.conninfo import conninfo_to_dict
@@ -705,29 +705,10 @@ def test_pooler_bench_runs_every_client_on_the_same_index(
     pg_server_url: str, pgbouncer: Bouncer, tmp_path: Path
 ) -> None:
     """The bench starts its own PgBouncer; every client answers the same on the same index."""
-    env = {k: v for k, v in os.environ.items() if k != "SHAREDDB_BENCH_URL"}
     options = ["--dataset", "synthetic", "--n", "2000", "--dim", "16", "--queries", "10"]
-    script = str(PROJECT_ROOT / "bench" / "pooler.py")
-    result = subprocess.run(
-        [
-            sys.executable,
-            script,
-            "--dsn",
-            pg_server_url,
-            *options,
-            "--repeat",
-            "1",
-            "--out",
-            str(tmp_path),
-        ],
-        cwd=PROJECT_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
+    run_bench(
+        "pooler.py", "--dsn", pg_server_url, *options, "--repeat", "1", "--out", str(tmp_path)
     )
-    assert result.returncode == 0, result.stdout + result.stderr
     data = json.loads((tmp_path / "pooler-synthetic-2000x16.json").read_text())
     recall = {r["client"]: r["recall"] for r in data["records"]}
     assert set(recall) == {

@@ -24,7 +24,7 @@ from shareddb._async.bridge import await_only, on_loop, run_green
 from shareddb._core.types import PgConnection, Pooler
 from shareddb._engines.postgres import embedded
 from shareddb._engines.postgres.connect import connect_kwargs, register_types, unavailable
-from shareddb._engines.postgres.engine import _RECONNECT_TIMEOUT, PostgresEngine
+from shareddb._engines.postgres.engine import PostgresEngine
 from shareddb.errors import InvalidArgumentError
 
 # The attribute of an AsyncConnection holding its GreenConnection (one per connection:
@@ -193,15 +193,7 @@ class AsyncPostgresEngine(PostgresEngine):
                 self._vector_types_missing = True
 
         pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-            self.target.conninfo,
-            min_size=self.min_size,
-            max_size=self.max_size,
-            timeout=self.timeout,
-            kwargs=connect_kwargs(self.target, self.timeout, self.pooler),
-            configure=configure,
-            reconnect_timeout=min(self.timeout, _RECONNECT_TIMEOUT),
-            name="shareddb-async",
-            open=False,
+            configure=configure, name="shareddb-async", **self._pool_options()
         )
         # Fail here with libpq's reason rather than later with a bare pool timeout.
         first = await_only(

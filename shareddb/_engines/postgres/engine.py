@@ -171,18 +171,7 @@ class PostgresEngine(Engine[PgConnection]):
                 self._vector_types_missing = True
 
         pool: ConnectionPool[PgConnection] = ConnectionPool(
-            self.target.conninfo,
-            min_size=self.min_size,
-            max_size=self.max_size,
-            timeout=self.timeout,
-            kwargs=connect_kwargs(self.target, self.timeout, self.pooler),
-            configure=configure,
-            # psycopg_pool retries a failed connection with a delay that doubles each
-            # time; bounded, a pool that lost its server tries again within a second
-            # or two of the server's return, not minutes later.
-            reconnect_timeout=min(self.timeout, _RECONNECT_TIMEOUT),
-            name="shareddb",
-            open=False,
+            configure=configure, name="shareddb", **self._pool_options()
         )
         # Fail here with libpq's reason rather than later with a bare pool timeout.
         connect(self.target, self.timeout).close()
@@ -193,6 +182,21 @@ class PostgresEngine(Engine[PgConnection]):
         except PoolTimeout as e:  # the pool is closed again
             raise unavailable(self.target, e) from None
         return pool
+
+    def _pool_options(self) -> dict[str, Any]:
+        """What the sync pool and the async twin's pool are both built with (unopened)."""
+        return {
+            "conninfo": self.target.conninfo,
+            "min_size": self.min_size,
+            "max_size": self.max_size,
+            "timeout": self.timeout,
+            "kwargs": connect_kwargs(self.target, self.timeout, self.pooler),
+            # psycopg_pool retries a failed connection with a delay that doubles each
+            # time; bounded, a pool that lost its server tries again within a second
+            # or two of the server's return, not minutes later.
+            "reconnect_timeout": min(self.timeout, _RECONNECT_TIMEOUT),
+            "open": False,
+        }
 
     # -- connections -----------------------------------------------------------------------
 
